@@ -1,0 +1,22 @@
+# Every target is one line: this file documents the real commands.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+CTX ?= 4k
+TAU ?= 0.005
+METHOD ?= tsa
+N ?= 32
+MODEL ?=
+
+.PHONY: setup demo test test-gpu bench ruler figures clean
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml requirements-cpu.txt ; $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -r requirements-cpu.txt && $(BIN)/pip install -q -e '.[eval,dev]' && touch $@
+demo: setup ; $(OFFLINE) $(BIN)/tsa-bench demo
+test: setup ; $(OFFLINE) TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+test-gpu: ; $(OFFLINE) python3 -m pytest -q -m gpu tests
+bench: ; PYTHONPATH=. python3 -m tsa_bench latency --tau $(TAU)
+ruler: setup ; $(OFFLINE) $(BIN)/tsa-bench ruler --seq-lens $(CTX) --method $(METHOD) --tau $(TAU) -n $(N) $(if $(MODEL),--model $(MODEL),)
+figures: setup ; $(BIN)/tsa-bench figures
+clean: ; rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Evaluation tasks (RULER and friends); they need only a tokenizer, never tsa_core."""

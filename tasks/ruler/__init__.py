@@ -1,0 +1,1 @@
+"""RULER task generation and scoring."""

@@ -1,0 +1,5 @@
+import sys
+
+from tsa_bench.cli import main
+
+sys.exit(main())

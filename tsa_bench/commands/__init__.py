@@ -1,0 +1,1 @@
+"""Subcommands of ``tsa-bench`` (discovered by :mod:`tsa_bench.cli`)."""

@@ -1,0 +1,107 @@
+"""One registry of attention backends, dense and sparse, with one call signature.
+
+Every backend is called as ``fn(q, k, v, *, scale, valid_len=None) -> out`` with
+
+* ``q [B, Hq, L, D]``, ``k, v [B, Hkv, L, D]`` (``Hq % Hkv == 0``), causal prefill attention
+  where query ``i`` attends to keys ``j <= i`` (query and key lengths are equal);
+* ``valid_len``: ``None``, or a ``[B]`` int64 tensor when a batch of compressed sequences was
+  padded at the end to one length. Padding follows every valid row, so a causal dense kernel
+  may ignore it; a sparse method whose pattern estimation reads the last queries must use it.
+* ``out [B, Hq, L, D]`` with ``q``'s dtype.
+
+Backends are registered lazily as ``"module:attr"`` strings, so listing them imports nothing.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    """A registry entry: where the function lives, what it needs, what it runs on."""
+
+    name: str
+    target: str                       # "module:attr"
+    kind: str = "dense"               # "dense" or "sparse"
+    devices: Tuple[str, ...] = ("cuda",)
+    requires: Tuple[str, ...] = ()    # importable modules it needs (e.g. "flash_attn")
+    description: str = ""
+    options: Dict[str, object] = field(default_factory=dict)
+
+    def load(self) -> Callable:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def unavailable_reason(self, device: Union[str, torch.device]) -> Optional[str]:
+        """``None`` if the backend can run on ``device``, otherwise why not."""
+        dev = torch.device(device).type
+        if dev not in self.devices:
+            return f"backend {self.name!r} runs on {', '.join(self.devices)}, not {dev}"
+        for mod in self.requires:
+            if importlib.util.find_spec(mod) is None:
+                return f"backend {self.name!r} needs the package {mod!r}, which is not installed"
+        return None
+
+    def __call__(self, q, k, v, *, scale: float, valid_len: Optional[torch.Tensor] = None):
+        reason = self.unavailable_reason(q.device)
+        if reason is not None:
+            raise ValueError(reason)
+        return self.load()(q, k, v, scale=scale, valid_len=valid_len, **self.options)
+
+
+_REGISTRY: Dict[str, AttentionBackend] = {}
+
+
+def register_backend(backend: AttentionBackend, *, replace: bool = False) -> AttentionBackend:
+    if backend.kind not in ("dense", "sparse"):
+        raise ValueError(f"backend kind must be 'dense' or 'sparse', got {backend.kind!r}")
+    if backend.name in _REGISTRY and not replace:
+        raise ValueError(f"backend {backend.name!r} is already registered")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def get_backend(name: Union[str, AttentionBackend]) -> AttentionBackend:
+    if isinstance(name, AttentionBackend):
+        return name
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def list_backends(kind: Optional[str] = None) -> Dict[str, AttentionBackend]:
+    return {n: b for n, b in sorted(_REGISTRY.items()) if kind is None or b.kind == kind}
+
+
+def available_backends(device: Union[str, torch.device], kind: Optional[str] = None) -> Tuple[str, ...]:
+    """Names of the registered backends that can run on ``device`` (no CUDA query for 'cpu')."""
+    return tuple(n for n, b in list_backends(kind).items() if b.unavailable_reason(device) is None)
+
+
+_D = "tsa_core.backends.dense"
+for _b in (
+    AttentionBackend("math", f"{_D}:math_attention", devices=("cpu", "cuda"),
+                     description="reference: explicit fp32 softmax, query-chunked"),
+    AttentionBackend("sdpa", f"{_D}:sdpa_attention", devices=("cpu", "cuda"),
+                     description="torch SDPA, default dispatch"),
+    AttentionBackend("sdpa-flash", f"{_D}:sdpa_attention", options={"sdpa_backend": "FLASH_ATTENTION"},
+                     description="torch SDPA, FlashAttention-2 kernels"),
+    AttentionBackend("sdpa-cudnn", f"{_D}:sdpa_attention", options={"sdpa_backend": "CUDNN_ATTENTION"},
+                     description="torch SDPA, cuDNN fused attention"),
+    AttentionBackend("sdpa-efficient", f"{_D}:sdpa_attention",
+                     options={"sdpa_backend": "EFFICIENT_ATTENTION"},
+                     description="torch SDPA, memory-efficient (CUTLASS) kernels"),
+    AttentionBackend("flex", f"{_D}:flex_attention_causal",
+                     description="FlexAttention (torch.compile), causal block mask"),
+    AttentionBackend("flash-attn", f"{_D}:flash_attn_attention", requires=("flash_attn",),
+                     description="flash-attn package (FA2/FA3), when installed"),
+):
+    register_backend(_b)
+
+from tsa_core.backends import sparse as _sparse  # noqa: E402,F401  (registers the sparse methods)

@@ -1,0 +1,177 @@
+"""Triton token scoring, same signature and semantics as :func:`score_window_naive`.
+
+Two passes over the keys, both GQA-native (query head ``h`` reads KV head ``h // G``):
+
+1. ``_stats_kernel``: grid (Hq, chunks, B). Each program keeps the ``[W, D]`` query window
+   in registers and streams one chunk of keys, tracking the online-softmax max ``m`` and
+   sum ``l`` (base 2) of every window row; partial stats go to ``[B, Hq, chunks, W]``.
+   ``_combine_kernel`` reduces the chunks to ``m`` and ``1/l`` per row.
+2. ``_probs_kernel``: grid (Hq, prefix blocks, B). Recomputes the logits of one key block,
+   turns them into probabilities with the final stats and writes their mean over the window.
+
+The head index is the fastest grid axis, so the G query heads sharing a KV head read the
+same key block at about the same time and all but the first hit L2.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from tsa_core._checks import check_qkv, check_triton_device
+from tsa_core._triton_utils import next_pow2, sm_count, upcast_loads
+from tsa_core.scoring.naive import check_window
+
+_LOG2E = 1.4426950408889634
+_NEG_BIG = -1.0e30  # finite "minus infinity" for running maxima (avoids inf - inf = NaN)
+
+
+@triton.jit
+def _stats_kernel(
+    q_ptr, k_ptr, m_part_ptr, l_part_ptr,
+    stride_qb, stride_qh, stride_ql, stride_qd,
+    stride_kb, stride_kh, stride_kl, stride_kd,
+    L, W, D, qk_scale, chunk_len, n_chunks,
+    GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_h = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    kv_h = pid_h // GROUP
+    offs_w = tl.arange(0, BLOCK_W)                     # window rows
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_w = offs_w < W
+    mask_d = offs_d < D
+    q_pos = L - W + offs_w                             # absolute position of each window query
+    q_ptrs = (q_ptr + pid_b * stride_qb + pid_h * stride_qh
+              + q_pos[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=mask_w[:, None] & mask_d[None, :], other=0.0)   # [BLOCK_W, BLOCK_D]
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = k_ptr + pid_b * stride_kb + kv_h * stride_kh
+    m_i = tl.full([BLOCK_W], _NEG_BIG, tl.float32)
+    l_i = tl.zeros([BLOCK_W], tl.float32)
+    start = pid_c * chunk_len
+    for it in range(0, chunk_len // BLOCK_K):          # chunk_len is a multiple of BLOCK_K
+        key_pos = start + it * BLOCK_K + offs_k
+        mask_k = key_pos < L
+        k_ptrs = k_base + key_pos[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd
+        kt = tl.load(k_ptrs, mask=mask_d[:, None] & mask_k[None, :], other=0.0)      # [BLOCK_D, BLOCK_K]
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        s = tl.dot(q, kt) * qk_scale                                # [BLOCK_W, BLOCK_K], log2 units
+        visible = mask_k[None, :] & (key_pos[None, :] <= q_pos[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
+        m_i = m_new
+    part = ((pid_b * tl.num_programs(0) + pid_h) * n_chunks + pid_c) * W
+    tl.store(m_part_ptr + part + offs_w, m_i, mask=mask_w)
+    tl.store(l_part_ptr + part + offs_w, l_i, mask=mask_w)
+
+
+@triton.jit
+def _combine_kernel(m_part_ptr, l_part_ptr, m_ptr, inv_l_ptr, W, n_chunks,
+                    BLOCK_W: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)                # flattened (b, h)
+    offs_w = tl.arange(0, BLOCK_W)
+    mask_w = offs_w < W
+    m = tl.full([BLOCK_W], _NEG_BIG, tl.float32)
+    l = tl.zeros([BLOCK_W], tl.float32)
+    for c in range(0, n_chunks):
+        base = (row * n_chunks + c) * W
+        m_c = tl.load(m_part_ptr + base + offs_w, mask=mask_w, other=_NEG_BIG)
+        l_c = tl.load(l_part_ptr + base + offs_w, mask=mask_w, other=0.0)
+        m_new = tl.maximum(m, m_c)
+        l = l * tl.exp2(m - m_new) + l_c * tl.exp2(m_c - m_new)
+        m = m_new
+    tl.store(m_ptr + row * W + offs_w, m, mask=mask_w)
+    tl.store(inv_l_ptr + row * W + offs_w, 1.0 / tl.where(mask_w, l, 1.0), mask=mask_w)
+
+
+@triton.jit
+def _probs_kernel(
+    q_ptr, k_ptr, m_ptr, inv_l_ptr, out_ptr,
+    stride_qb, stride_qh, stride_ql, stride_qd,
+    stride_kb, stride_kh, stride_kl, stride_kd,
+    L, W, P, D, qk_scale, inv_w,
+    GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    pid_h = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    kv_h = pid_h // GROUP
+    row = pid_b * tl.num_programs(0) + pid_h
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_w = offs_w < W
+    mask_d = offs_d < D
+    q_pos = L - W + offs_w
+    q_ptrs = (q_ptr + pid_b * stride_qb + pid_h * stride_qh
+              + q_pos[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=mask_w[:, None] & mask_d[None, :], other=0.0)   # [BLOCK_W, BLOCK_D]
+    if UPCAST:
+        q = q.to(tl.float32)
+    m = tl.load(m_ptr + row * W + offs_w, mask=mask_w, other=0.0)          # [BLOCK_W]
+    inv_l = tl.load(inv_l_ptr + row * W + offs_w, mask=mask_w, other=0.0)  # 0 on padded rows
+    key_pos = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask_k = key_pos < P
+    k_ptrs = (k_ptr + pid_b * stride_kb + kv_h * stride_kh
+              + key_pos[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd)
+    kt = tl.load(k_ptrs, mask=mask_d[:, None] & mask_k[None, :], other=0.0)          # [BLOCK_D, BLOCK_K]
+    if UPCAST:
+        kt = kt.to(tl.float32)
+    s = tl.dot(q, kt) * qk_scale
+    p = tl.exp2(s - m[:, None]) * inv_l[:, None]                   # prefix keys: no causal mask
+    score = tl.sum(p, axis=0) * inv_w                               # [BLOCK_K]
+    tl.store(out_ptr + row * P + key_pos, score, mask=mask_k)
+
+
+def _launch_params(device: torch.device, W: int, D: int):
+    block_w = max(16, next_pow2(W))
+    block_d = max(16, next_pow2(D))
+    block_k = 64 if block_w * block_d <= 128 * 128 else 32
+    num_warps = 8 if block_w >= 128 else 4
+    return block_w, block_d, block_k, num_warps
+
+
+def score_window_triton(q: torch.Tensor, k: torch.Tensor, window: int,
+                        scale: Optional[float] = None) -> torch.Tensor:
+    """Triton twin of :func:`tsa_core.scoring.naive.score_window_naive` (same contract)."""
+    B, Hq, Hkv, L, D = check_qkv(q, k, k)
+    check_window(window, L)
+    check_triton_device(q, "score_window_triton")
+    W, P = window, L - window
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    qk_scale = scale * _LOG2E
+    block_w, block_d, block_k, num_warps = _launch_params(q.device, W, D)
+    upcast = upcast_loads(q.dtype)
+    # enough chunks to fill the GPU in pass 1, each a whole number of key blocks
+    want = max(1, math.ceil(4 * sm_count(q.device) / (B * Hq)))
+    n_chunks = max(1, min(triton.cdiv(L, block_k), want))
+    chunk_len = triton.cdiv(triton.cdiv(L, n_chunks), block_k) * block_k
+    n_chunks = triton.cdiv(L, chunk_len)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    m_part = torch.empty((B, Hq, n_chunks, W), **f32)
+    l_part = torch.empty((B, Hq, n_chunks, W), **f32)
+    _stats_kernel[(Hq, n_chunks, B)](
+        q, k, m_part, l_part, *q.stride(), *k.stride(),
+        L, W, D, qk_scale, chunk_len, n_chunks,
+        GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_K=block_k, BLOCK_D=block_d, UPCAST=upcast,
+        num_warps=num_warps)
+    m = torch.empty((B, Hq, W), **f32)
+    inv_l = torch.empty((B, Hq, W), **f32)
+    _combine_kernel[(B * Hq,)](m_part, l_part, m, inv_l, W, n_chunks, BLOCK_W=block_w)
+    out = torch.empty((B, Hq, P), **f32)
+    _probs_kernel[(Hq, triton.cdiv(P, block_k), B)](
+        q, k, m, inv_l, out, *q.stride(), *k.stride(),
+        L, W, P, D, qk_scale, 1.0 / W,
+        GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_K=block_k, BLOCK_D=block_d, UPCAST=upcast,
+        num_warps=num_warps)
+    return out

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from conftest import rms_ratio
+from tsa_core.scoring import score_window_naive, score_window_triton
+
+SHAPES = [  # B, Hq, Hkv, L, D, W
+    (1, 2, 2, 64, 16, 16),
+    (2, 4, 2, 157, 24, 37),     # GQA, odd length, D not a power of two
+    (1, 6, 3, 211, 32, 100),
+    (2, 4, 1, 96, 16, 1),       # MQA, window of one query
+]
+IDS = ["mha", "gqa-odd-batch2", "gqa-wide-window", "mqa-w1"]
+
+
+def _qkv(gen, B, Hq, Hkv, L, D, dtype=torch.float32):
+    q = torch.randn(B, Hq, L, D, generator=gen).to(dtype)
+    k = torch.randn(B, Hkv, L, D, generator=gen).to(dtype)
+    return q, k
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_triton_matches_naive(shape, gen, poison):
+    B, Hq, Hkv, L, D, W = shape
+    q, k = _qkv(gen, B, Hq, Hkv, L, D)
+    ref = score_window_naive(q, k, W)
+    out = score_window_triton(q, k, W)
+    assert out.shape == (B, Hq, L - W) and out.dtype == torch.float32
+    assert rms_ratio(out, ref) < 1e-5
+
+
+def test_triton_fp16_matches_naive(gen):
+    q, k = _qkv(gen, 2, 4, 2, 130, 32, torch.float16)
+    assert rms_ratio(score_window_triton(q, k, 17), score_window_naive(q, k, 17)) < 1e-3
+
+
+def test_naive_is_mean_of_causal_softmax(gen):
+    B, Hq, Hkv, L, D, W = 1, 4, 2, 40, 8, 6
+    q, k = _qkv(gen, B, Hq, Hkv, L, D)
+    got = score_window_naive(q, k, W, scale=0.3)
+    for h in range(Hq):
+        acc = torch.zeros(L - W, dtype=torch.float64)
+        for i in range(L - W, L):
+            logits = (k[0, h // 2, : i + 1].double() @ q[0, h, i].double()) * 0.3
+            acc += torch.softmax(logits, 0)[: L - W]
+        torch.testing.assert_close(got[0, h].double(), acc / W, rtol=1e-5, atol=1e-7)
+
+
+def test_non_contiguous_inputs(gen):
+    q, k = _qkv(gen, 2, 4, 2, 77, 16)
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)       # [B, H, L, D] view of [B, L, H, D]
+    kt = k.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not qt.is_contiguous()
+    assert rms_ratio(score_window_triton(qt, kt, 9), score_window_naive(q, k, 9)) < 1e-5
+
+
+@pytest.mark.parametrize("fn", [score_window_naive, score_window_triton], ids=["naive", "triton"])
+def test_bad_window(fn, gen):
+    q, k = _qkv(gen, 1, 2, 1, 32, 8)
+    with pytest.raises(ValueError, match="window"):
+        fn(q, k, 32)
+    with pytest.raises(ValueError, match="window"):
+        fn(q, k, 0)
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(gen, monkeypatch):
+    q, k = _qkv(gen, 1, 2, 1, 32, 8)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        score_window_triton(q, k, 4)

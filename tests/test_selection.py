@@ -1,0 +1,144 @@
+import pytest
+import torch
+
+from tsa_core import TSAConfig
+from tsa_core.selection import (layer_budget, pool_scores_naive, pool_scores_triton,
+                                select_topk_naive, select_topk_triton)
+
+
+def _scores(gen, B, H, P, ties=False):
+    s = torch.rand(B, H, P, generator=gen) ** 4       # skewed, like attention
+    if ties:
+        s = (s * 8).round() / 8                           # many exact ties, zeros included
+    return s
+
+
+@pytest.mark.parametrize("shape, kernel", [((1, 2, 50), 7), ((2, 4, 157), 7), ((2, 3, 61), 1), ((1, 4, 5), 9)],
+                         ids=["b1", "b2-odd", "k1", "kernel-wider-than-input"])
+def test_pool_triton_matches_naive(shape, kernel, gen, poison):
+    s = _scores(gen, *shape)
+    p_ref, l_ref = pool_scores_naive(s, kernel)
+    p_out, l_out = pool_scores_triton(s, kernel)
+    torch.testing.assert_close(p_out, p_ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(l_out, l_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_pool_is_avg_pool_with_zero_padding(gen):
+    s = _scores(gen, 1, 1, 12)
+    pooled, layer = pool_scores_naive(s, 3)
+    padded = torch.nn.functional.pad(s[0, 0], (1, 1))
+    want = torch.stack([padded[j:j + 3].sum() / 3 for j in range(12)])
+    torch.testing.assert_close(pooled[0, 0], want)
+    torch.testing.assert_close(layer[0], want)
+
+
+@pytest.mark.parametrize("fn", [pool_scores_naive, pool_scores_triton], ids=["naive", "triton"])
+def test_pool_rejects_even_kernel(fn, gen):
+    with pytest.raises(ValueError, match="odd"):
+        fn(_scores(gen, 1, 1, 8), 4)
+
+
+# ----- budget (Dynamic Token Coverage) ---------------------------------------------------
+
+@pytest.mark.parametrize("tau", [0.001, 0.01, 0.1, 0.5], ids=["t001", "t01", "t1", "t5"])
+def test_budget_rule_and_minimality(tau, gen):
+    layer = torch.rand(3, 400, generator=gen) ** 3
+    keep, pruned = layer_budget(layer, TSAConfig(tau=tau, min_keep=1))
+    dist = layer / layer.sum(-1, keepdim=True)
+    for b in range(3):
+        asc = torch.sort(dist[b]).values.double()
+        n_drop = 400 - int(keep[b])
+        assert asc[:n_drop].sum() < tau                      # what is dropped stays under tau
+        assert asc[:n_drop + 1].sum() >= tau                 # dropping one more would not
+        assert abs(float(pruned[b]) - asc[:n_drop].sum().item()) < 1e-5
+
+
+def test_budget_respects_min_keep(gen):
+    layer = torch.rand(2, 300, generator=gen) ** 8
+    keep, _ = layer_budget(layer, TSAConfig(tau=0.9, min_keep=200))
+    assert keep.tolist() == [200, 200]
+
+
+def test_budget_differs_per_batch_element(gen):
+    flat = torch.ones(1, 500)
+    peaked = torch.rand(1, 500, generator=gen) ** 10
+    keep, _ = layer_budget(torch.cat([flat, peaked]), TSAConfig(tau=0.05, min_keep=1))
+    assert keep[0] > keep[1]
+    assert keep[0] == 500 - 24     # 24 * (1/500) = 0.048 < 0.05 <= 25 * (1/500)
+
+
+def test_budget_keep_ratio(gen):
+    keep, pruned = layer_budget(torch.rand(2, 1000, generator=gen), TSAConfig(keep_ratio=0.3, min_keep=10))
+    assert keep.tolist() == [300, 300]
+    assert (pruned > 0).all()
+
+
+# ----- per-head top-k as a permutation ------------------------------------------------------
+
+SELECT_CASES = [  # B, H, P, W, keeps, ties
+    (1, 2, 60, 5, [20], False),
+    (2, 4, 157, 13, [40, 101], False),
+    (2, 3, 129, 7, [64, 1], True),
+    (1, 2, 33, 1, [33], True),
+]
+SELECT_IDS = ["b1", "b2-budgets-differ", "ties", "keep-all"]
+
+
+@pytest.mark.parametrize("case", SELECT_CASES, ids=SELECT_IDS)
+def test_select_triton_matches_naive(case, gen, poison):
+    B, H, P, W, keeps, ties = case
+    s = _scores(gen, B, H, P, ties)
+    keep = torch.tensor(keeps)
+    ref = select_topk_naive(s, keep, P + W)
+    out = select_topk_triton(s, keep, P + W)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("impl", [select_topk_naive, select_topk_triton], ids=["naive", "triton"])
+@pytest.mark.parametrize("case", SELECT_CASES, ids=SELECT_IDS)
+def test_select_invariants(case, impl, gen):
+    B, H, P, W, keeps, ties = case
+    L = P + W
+    s = _scores(gen, B, H, P, ties)
+    order = impl(s, torch.tensor(keeps), L)
+    assert order.dtype == torch.int32 and order.shape == (B, H, L)
+    for b, kb in enumerate(keeps):
+        for h in range(H):
+            o = order[b, h].long()
+            assert torch.equal(torch.sort(o).values, torch.arange(L))          # a permutation
+            kept, window, dropped = o[:kb], o[kb:kb + W], o[kb + W:]
+            assert torch.equal(window, torch.arange(P, L))                       # window always kept
+            assert (kept < P).all() and (torch.diff(kept) > 0).all()             # sorted, unique, prefix
+            assert dropped.numel() == 0 or (torch.diff(dropped) > 0).all()
+            if dropped.numel():
+                assert s[b, h, kept].min() >= s[b, h, dropped].max()             # it is a top-k
+
+
+def test_select_exact_set_without_ties(gen):
+    s = _scores(gen, 1, 3, 90)
+    order = select_topk_triton(s, torch.tensor([30]), 100)
+    for h in range(3):
+        want = torch.sort(torch.topk(s[0, h], 30).indices).values
+        assert torch.equal(order[0, h, :30].long(), want)
+
+
+def test_select_ties_go_to_lower_indices():
+    s = torch.zeros(1, 1, 10)
+    s[0, 0, [2, 5]] = 1.0
+    for fn in (select_topk_naive, select_topk_triton):
+        order = fn(s, torch.tensor([4]), 12)
+        assert order[0, 0, :4].tolist() == [0, 1, 2, 5]
+
+
+def test_select_is_deterministic(gen):
+    s = _scores(gen, 2, 3, 100, ties=True)
+    keep = torch.tensor([50, 60])
+    assert torch.equal(select_topk_triton(s, keep, 110), select_topk_triton(s, keep, 110))
+
+
+def test_select_rejects_bad_keep(gen):
+    s = _scores(gen, 2, 2, 10)
+    with pytest.raises(ValueError, match="keep"):
+        select_topk_naive(s, torch.tensor([3]), 12)
+    with pytest.raises(ValueError, match="seq_len"):
+        select_topk_triton(s, torch.tensor([3, 3]), 10)

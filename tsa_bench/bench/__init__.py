@@ -1,0 +1,1 @@
+"""Benchmark building blocks: timing, model shapes, baselines."""

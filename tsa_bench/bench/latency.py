@@ -1,0 +1,248 @@
+"""Attention-only latency of dense attention vs TSA (our kernels) vs the PyTorch composition.
+
+For one sequence length and one TSA setting it measures, on the same inputs and GPU:
+
+* ``dense``: the dense kernel on the full sequence;
+* ``tsa``: each stage of our pipeline on its own (score, select, gather, attention on the
+  kept tokens, scatter) and the whole ``tsa_attention`` call (``total``);
+* ``tsa-torch``: the same stages of :mod:`tsa_bench.bench.torch_pipeline` (batch 1 only).
+
+Derived per method: overhead (all stages but attention) and its fraction of the total, the
+one-layer speedup ``dense / total`` and the all-layer speedup the paper reports,
+``dense / ((1 - f) * dense + f * total)`` with ``f`` the fraction of sparse layers.
+Every measurement is gated by a correctness check on a subset of heads (see :func:`check`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from tsa_bench.bench import torch_pipeline as tp
+from tsa_bench.bench.timing import Timing, time_fn
+from tsa_bench.results import row
+from tsa_core import TSAConfig, get_backend, tsa_attention
+from tsa_core.pipeline import NAIVE_OPS, TRITON_OPS, resolve_ops
+from tsa_core.selection import layer_budget
+
+STAGES = ("score", "select", "gather", "attention", "scatter")
+
+
+@dataclass
+class Case:
+    """One point of the sweep."""
+
+    seq_len: int
+    batch: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    config: TSAConfig
+    dense: str
+    sparse_frac: float = 0.5
+    torch_baseline: bool = True
+    check_heads: int = 2
+    identity: Dict[str, object] = field(default_factory=dict)
+
+
+def _bytes(*ts: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _run_stages(ops, q, k, v, cfg: TSAConfig, backend, scale: float):
+    """One pass of our pipeline, stage by stage; returns every intermediate."""
+    L, W = q.shape[2], cfg.window
+    st = {"scores": ops.score(q, k, W, scale)}
+    st["pooled"], layer = ops.pool(st["scores"], cfg.pool_kernel)
+    st["keep"], _ = layer_budget(layer, cfg)
+    budget = st["keep"].cpu()
+    st["order"] = ops.select(st["pooled"], st["keep"], L)
+    st["n_kept"] = st["keep"] + W
+    st["n_max"] = int(budget.max()) + W
+    st["qkv_c"] = ops.compress(q, k, v, st["order"], st["n_max"])
+    st["out_c"] = backend(*st["qkv_c"], scale=scale)
+    st["out"] = ops.decompress(st["out_c"], st["order"], st["n_kept"], L)
+    return st
+
+
+def _select_stage(ops, scores, cfg, L):
+    pooled, layer = ops.pool(scores, cfg.pool_kernel)
+    keep, _ = layer_budget(layer, cfg)
+    keep.cpu()                                   # the pipeline's one host sync belongs here
+    return ops.select(pooled, keep, L)
+
+
+def check(q, k, v, st, cfg: TSAConfig, scale: float, heads: List[int]) -> Dict[str, float]:
+    """Correctness of one TSA run on a subset of (batch 0) heads, against PyTorch references.
+
+    * scores: our kernel vs the float32 reference (relative RMS error);
+    * selection: the kernel's permutation equals the reference's on the same pooled scores;
+    * output: kept rows vs float64 attention over the same kept set, with the STYLE.md rule
+      (error at most 2x that of a plain PyTorch run in the input dtype, or 1e-5 in fp32);
+      dropped rows exactly zero.
+    """
+    L, D = q.shape[2], q.shape[3]
+    G = q.shape[1] // k.shape[1]
+    out: Dict[str, float] = {}
+    s_err = 0.0
+    for h in heads:
+        ref = NAIVE_OPS.score(q[:1, h:h + 1], k[:1, h // G:h // G + 1], cfg.window, scale)
+        got = st["scores"][:1, h:h + 1]
+        s_err = max(s_err, ((got - ref).norm() / ref.norm()).item())
+    out["score_rel_err"] = s_err
+    sub_pooled = st["pooled"][:1, heads].contiguous()
+    ref_order = NAIVE_OPS.select(sub_pooled, st["keep"][:1], L)
+    out["select_equal"] = float(torch.equal(ref_order, st["order"][:1, heads]))
+    n = int(st["n_kept"][0])
+    o_err, lp_err, zero_ok = 0.0, 0.0, True
+    for h in heads:
+        idx = st["order"][0, h, :n].long()
+        qc, kc, vc = q[0, h, idx], k[0, h // G, idx], v[0, h // G, idx]
+        ref = _causal_attention(qc.double(), kc.double(), vc.double(), scale)
+        lowp = _causal_attention(qc, kc, vc, scale).double()
+        got = st["out"][0, idx, h].double()
+        o_err = max(o_err, ((got - ref).norm() / ref.norm()).item())
+        lp_err = max(lp_err, ((lowp - ref).norm() / ref.norm()).item())
+        dropped = torch.ones(L, dtype=torch.bool, device=q.device)
+        dropped[idx] = False
+        zero_ok &= bool((st["out"][0, dropped, h] == 0).all())
+    out["out_rel_err"] = o_err
+    out["lowp_rel_err"] = lp_err
+    out["dropped_zero"] = float(zero_ok)
+    tol_out = max(2.0 * lp_err, 1e-5)
+    tol_score = 1e-5 if q.dtype == torch.float32 else 2e-2
+    out["passed"] = float(o_err <= tol_out and s_err <= tol_score and out["select_equal"] == 1.0 and zero_ok)
+    return out
+
+
+def _causal_attention(q, k, v, scale, chunk: int = 4096):
+    """Causal attention of one head ``[N, D]`` in the inputs' dtype, query-chunked."""
+    N = q.shape[0]
+    out = torch.empty_like(q)
+    for s in range(0, N, chunk):
+        e = min(N, s + chunk)
+        logits = (q[s:e] @ k[:e].T).float() * scale
+        mask = torch.arange(e, device=q.device)[None, :] > torch.arange(s, e, device=q.device)[:, None]
+        p = torch.softmax(logits.masked_fill(mask, float("-inf")), dim=-1)
+        out[s:e] = (p.to(q.dtype) @ v[:e])
+    return out
+
+
+def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: int = 3,
+            budget_s: float = 1.5) -> List[dict]:
+    """Measure one case on a list of input sets (rotated between calls); return tidy rows."""
+    cfg, L = case.config, case.seq_len
+    backend = get_backend(case.dense)
+    scale = 1.0 / math.sqrt(case.head_dim)
+    ops = resolve_ops("auto", device)
+    ident = dict(case.identity, seq_len=L, batch=case.batch, heads=case.heads, kv_heads=case.kv_heads,
+                 head_dim=case.head_dim, dtype=str(case.dtype).replace("torch.", ""),
+                 tau=cfg.tau if cfg.keep_ratio is None else None, keep_ratio=cfg.keep_ratio,
+                 backend=backend.name)
+    nset = len(inputs)
+    tkw = dict(reps=reps, warmup=warmup, budget_s=budget_s)
+    rows: List[dict] = []
+
+    def add_timing(method: str, stage: str, t: Timing, checked=None):
+        rows.append(row("latency_ms", t.median, lo=t.p20, hi=t.p80, n=t.n, checked=checked,
+                        method=method, stage=stage, **ident))
+
+    # -- our pipeline: intermediates per input set, correctness gate on set 0 --------------
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    inter = [_run_stages(ops, *inputs[i], cfg, backend, scale) for i in range(nset)]
+    st0 = inter[0]
+    gate = check(*inputs[0], st0, cfg, scale, list(range(min(case.check_heads, case.heads))))
+    passed = bool(gate.pop("passed"))
+    for name, value in gate.items():
+        rows.append(row(name, value, checked=passed, method="tsa", stage="check", **ident))
+
+    t_dense = time_fn(lambda i: backend(*inputs[i % nset], scale=scale), device, **tkw)
+    add_timing("dense", "total", t_dense, passed)
+    t = {
+        "score": time_fn(lambda i: ops.score(inputs[i % nset][0], inputs[i % nset][1], cfg.window, scale),
+                         device, **tkw),
+        "select": time_fn(lambda i: _select_stage(ops, inter[i % nset]["scores"], cfg, L), device, **tkw),
+        "gather": time_fn(lambda i: ops.compress(*inputs[i % nset], inter[i % nset]["order"],
+                                                 inter[i % nset]["n_max"]), device, **tkw),
+        "attention": time_fn(lambda i: backend(*inter[i % nset]["qkv_c"], scale=scale), device, **tkw),
+        "scatter": time_fn(lambda i: ops.decompress(inter[i % nset]["out_c"], inter[i % nset]["order"],
+                                                    inter[i % nset]["n_kept"], L), device, **tkw),
+    }
+    for stage, tt in t.items():
+        add_timing("tsa", stage, tt, passed)
+    del inter
+    # extra memory of one whole call, beyond its inputs and its [B, L, H, D] output
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    out, stats = tsa_attention(*inputs[0], cfg, backend, scale=scale)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        extra = torch.cuda.max_memory_allocated(device) - base - _bytes(out)
+        n = max(stats.kept)
+        compressed = 4 * case.batch * case.heads * n * case.head_dim * inputs[0][0].element_size()
+        rows.append(row("extra_mem_bytes", extra, method="tsa", stage="total", **ident))
+        rows.append(row("compressed_bytes", compressed, method="tsa", stage="total", **ident))
+        rows.append(row("extra_mem_ratio", extra / compressed, method="tsa", stage="total", **ident))
+    del out
+    t_total = time_fn(lambda i: tsa_attention(*inputs[i % nset], cfg, backend, scale=scale), device, **tkw)
+    add_timing("tsa", "total", t_total, passed)
+    for b in range(case.batch):
+        rows.append(row("kept_tokens", stats.kept[b], method="tsa", stage="select", **ident))
+        rows.append(row("keep_fraction", stats.keep_fraction[b], method="tsa", stage="select", **ident))
+        rows.append(row("sparsity", stats.sparsity[b], method="tsa", stage="select", **ident))
+        rows.append(row("pruned_mass", stats.pruned_mass[b], method="tsa", stage="select", **ident))
+    rows.append(row("dense_fallback", float(stats.dense), method="tsa", stage="select", **ident))
+    rows += _derived("tsa", t_dense.median, t_total.median, sum(t[s].median for s in STAGES if s != "attention"),
+                     t["attention"].median, case.sparse_frac, ident, passed)
+
+    # -- the straightforward PyTorch composition, same inputs, same kernel ------------------
+    if case.torch_baseline and case.batch == 1:
+        tinter = []
+        for i in range(nset):
+            q, k, v = inputs[i]
+            sc = tp.score(q, k, cfg.window, scale)
+            idx, _ = tp.select(sc, cfg, L)
+            qkv_c = tp.gather(q, k, v, idx)
+            tinter.append({"scores": sc, "idx": idx, "qkv_c": qkv_c, "out_c": backend(*qkv_c, scale=scale)})
+        tt = {
+            "score": time_fn(lambda i: tp.score(inputs[i % nset][0], inputs[i % nset][1], cfg.window, scale),
+                             device, **tkw),
+            "select": time_fn(lambda i: tp.select(tinter[i % nset]["scores"], cfg, L), device, **tkw),
+            "gather": time_fn(lambda i: tp.gather(*inputs[i % nset], tinter[i % nset]["idx"]), device, **tkw),
+            "attention": time_fn(lambda i: backend(*tinter[i % nset]["qkv_c"], scale=scale), device, **tkw),
+            "scatter": time_fn(lambda i: tp.scatter(tinter[i % nset]["out_c"], tinter[i % nset]["idx"], L),
+                               device, **tkw),
+        }
+        del tinter
+        for stage, x in tt.items():
+            add_timing("tsa-torch", stage, x, passed)
+        t_ttotal = time_fn(lambda i: tp.tsa_attention_torch(*inputs[i % nset], cfg, backend, scale), device, **tkw)
+        add_timing("tsa-torch", "total", t_ttotal, passed)
+        ov_torch = sum(tt[s].median for s in STAGES if s != "attention")
+        rows += _derived("tsa-torch", t_dense.median, t_ttotal.median, ov_torch, tt["attention"].median,
+                         case.sparse_frac, ident, passed)
+        ov_ours = sum(t[s].median for s in STAGES if s != "attention")
+        rows.append(row("overhead_vs_torch", ov_ours / ov_torch, method="tsa", stage="overhead",
+                        checked=passed, **ident))
+    return rows
+
+
+def _derived(method, dense_ms, total_ms, overhead_ms, attn_ms, frac, ident, passed) -> List[dict]:
+    mean_all = (1.0 - frac) * dense_ms + frac * total_ms
+    return [
+        row("overhead_ms", overhead_ms, method=method, stage="overhead", checked=passed, **ident),
+        row("overhead_frac", overhead_ms / (overhead_ms + attn_ms), method=method, stage="overhead",
+            checked=passed, **ident),
+        row("total_over_kept_attention", total_ms / attn_ms, method=method, stage="total", checked=passed, **ident),
+        row("speedup_layer", dense_ms / total_ms, method=method, stage="total", checked=passed, **ident),
+        row("speedup_all_layers", dense_ms / mean_all, method=method, stage="total", checked=passed,
+            **dict(ident, layer=f"frac={frac}")),
+    ]

@@ -1,0 +1,68 @@
+"""Capture the Q/K/V a real model's attention layer sees (after RoPE), for benchmarks.
+
+Uses transformers' attention interface: a capturing attention function records the inputs of
+one layer and stops the forward pass there, so nothing past that layer runs.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+_NAME = "tsa-capture"
+
+
+class _Captured(Exception):
+    def __init__(self, qkv):
+        super().__init__("captured")
+        self.qkv = qkv
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        target = getattr(module.config, "_tsa_capture_layer", None)
+        if getattr(module, "layer_idx", None) == target:
+            raise _Captured((query.detach().clone(), key.detach().clone(), value.detach().clone()))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(_NAME, capture)
+
+
+def capture_from_model(model, input_ids: torch.Tensor, layer: Optional[int] = None
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model`` on ``input_ids`` until attention layer ``layer`` (default: the middle one)
+    and return its ``q [B, Hq, L, D]``, ``k, v [B, Hkv, L, D]``."""
+    n_layers = model.config.num_hidden_layers
+    layer = n_layers // 2 if layer is None else layer
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer must be in [0, {n_layers - 1}], got {layer}")
+    _register()
+    previous = model.config._attn_implementation
+    model.config._tsa_capture_layer = layer
+    model.set_attn_implementation(_NAME)
+    try:
+        with torch.inference_mode():
+            model.model(input_ids=input_ids, use_cache=False)
+    except _Captured as got:
+        return got.qkv
+    finally:
+        model.set_attn_implementation(previous)
+        del model.config._tsa_capture_layer
+    raise RuntimeError(f"layer {layer} was never reached")
+
+
+def capture_qkv(model_spec: str, seq_len: int, *, layer: Optional[int] = None, batch: int = 1,
+                device="cuda", dtype=torch.bfloat16, seed: int = 0, weights: str = "auto"):
+    """Load ``model_spec`` (preset, HF id or local path) and capture one layer's Q/K/V on a
+    seeded random-token prompt of ``seq_len`` tokens."""
+    from tsa_bench.hf import load_model
+
+    model, _ = load_model(model_spec, method="dense", weights=weights, dtype=dtype, device=device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=gen).to(device)
+    qkv = capture_from_model(model, ids, layer)
+    del model
+    return qkv

@@ -1,0 +1,133 @@
+"""FlexPrefill pattern estimation: Triton vs reference, and the selector's invariants."""
+import math
+
+import pytest
+import torch
+
+from tsa_bench.workload import Workload, synthetic_qkv
+from tsa_core.sparse.flexprefill.kernel import flexprefill_pattern_triton, profiles_triton
+from tsa_core.sparse.flexprefill.naive import (FlexPrefillParams, _budget_blocks, _mean_pool_tokens,
+                                               coverage_blocks, flexprefill_pattern_naive, js_distance,
+                                               profiles_naive)
+from tsa_core.sparse.pattern import causal_block_grid
+
+SMALL = FlexPrefillParams(block_size=16, min_budget=32)
+
+
+@pytest.fixture(scope="module")
+def qkv():
+    return synthetic_qkv(2, 4, 2, 181, 32, workload=Workload(seed=3))
+
+
+def test_profiles_triton_matches_naive(qkv):
+    q, k, _ = qkv
+    vn, sn = profiles_naive(q, k, 16, 0.2)
+    vt, st = profiles_triton(q, k, 16, 0.2)
+    torch.testing.assert_close(vt, vn, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(st, sn, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(vn.sum(-1), torch.ones(2, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sn.sum(-1), torch.ones(2, 4), atol=1e-5, rtol=0)
+
+
+def test_slash_profile_is_the_diagonal_mass():
+    """One query row, one key: the whole mass sits on a known distance."""
+    L, D = 20, 16
+    q = torch.zeros(1, 1, L, D)
+    k = torch.zeros(1, 1, L, D)
+    q[0, 0, -1, 0] = 50.0
+    k[0, 0, 7, 0] = 1.0            # the last query (position 19) looks at key 7: distance 12
+    _, slash = profiles_naive(q, k, 1, 1.0)
+    assert slash[0, 0].argmax().item() == 12
+    assert slash[0, 0, 12].item() > 0.99
+
+
+@pytest.mark.parametrize("tau", [pytest.param(0.1, id="tau0.1"), pytest.param(1.0, id="query-aware")])
+def test_pattern_triton_matches_naive(qkv, tau):
+    q, k, _ = qkv
+    prm = FlexPrefillParams(block_size=16, min_budget=32, tau=tau)
+    pn, info_n = flexprefill_pattern_naive(q, k, prm)
+    pt, info_t = flexprefill_pattern_triton(q, k, prm)
+    assert torch.equal(pn.block_mask, pt.block_mask)
+    assert torch.equal(info_n.query_aware, info_t.query_aware)
+
+
+@pytest.mark.parametrize("tau", [pytest.param(0.0, id="all-vertical-slash"),
+                                 pytest.param(1.0, id="all-query-aware")])
+def test_sink_and_diagonal_always_kept(qkv, tau):
+    q, k, _ = qkv
+    pattern, info = flexprefill_pattern_naive(q, k, FlexPrefillParams(block_size=16, min_budget=16, tau=tau))
+    nb = pattern.num_blocks
+    assert pattern.block_mask[..., :, 0].all()
+    assert pattern.block_mask[..., torch.arange(nb), torch.arange(nb)].all()
+    assert not (pattern.block_mask & ~causal_block_grid(nb, nb, "cpu")).any()
+    assert bool(info.query_aware.all()) == (tau == 1.0)
+
+
+def test_budgets_respected(qkv):
+    q, k, _ = qkv
+    prm = FlexPrefillParams(block_size=16, min_budget=40, max_budget=80, tau=0.5)
+    _, info = flexprefill_pattern_naive(q, k, prm)
+    lo, hi = math.ceil(40 / 16), math.ceil(80 / 16)
+    for n in (info.vertical_blocks, info.slash_blocks):
+        assert ((n >= lo) & (n <= hi)).all()
+        assert torch.equal(n[info.query_aware], torch.full_like(n[info.query_aware], lo))
+
+
+def test_budget_rule_brute_force():
+    prof = torch.tensor([[[0.5, 0.2, 0.15, 0.1, 0.05] + [0.0] * 27]])
+    # cumsum 0.5, 0.7, 0.85, 0.95, 1.0 -> 4 entries <= 0.95, +1 = 5 tokens -> 5 // 4 + 1 = 2 blocks
+    assert _budget_blocks(prof, 0.95, 4, 1, 8).item() == 2
+    assert _budget_blocks(prof, 0.5, 4, 1, 8).item() == 1
+    assert _budget_blocks(prof, 0.5, 4, 3, 8).item() == 3
+
+
+def test_query_aware_heads_reach_gamma_coverage(qkv):
+    """tau = 1 makes every head query-aware; the pattern then holds >= gamma of the block
+    attention mass (the rows' total is nb)."""
+    q, k, _ = qkv
+    prm = FlexPrefillParams(block_size=16, min_budget=16, tau=1.0, gamma=0.8)
+    pattern, _ = flexprefill_pattern_naive(q, k, prm)
+    nb = pattern.num_blocks
+    qp = _mean_pool_tokens(q, 16, nb)
+    kp = _mean_pool_tokens(k, 16, nb).repeat_interleave(2, dim=1)
+    logits = (qp @ kp.transpose(-1, -2)) * 32 ** -0.5
+    causal = causal_block_grid(nb, nb, "cpu")
+    probs = torch.softmax(logits.masked_fill(~causal, float("-inf")), dim=-1)
+    covered = (probs * pattern.block_mask).sum((-1, -2))
+    assert (covered >= 0.8 * nb - 1e-4).all()
+
+
+def test_coverage_blocks_is_minimal():
+    probs = torch.tensor([[[0.6, 0.0], [0.3, 0.1]]])        # total 1.0
+    keep = coverage_blocks(probs, 0.85)
+    assert keep.tolist() == [[[True, False], [True, False]]]   # 0.6 + 0.3 >= 0.85, 0.6 alone is not
+
+
+def test_js_distance_bounds():
+    p = torch.tensor([0.25, 0.25, 0.5])
+    assert js_distance(p, p).item() == pytest.approx(0.0, abs=1e-6)
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert js_distance(a, b).item() == pytest.approx(math.sqrt(math.log(2)), rel=1e-5)
+
+
+def test_deterministic(qkv):
+    q, k, _ = qkv
+    p1, _ = flexprefill_pattern_triton(q, k, SMALL)
+    p2, _ = flexprefill_pattern_triton(q, k, SMALL)
+    assert torch.equal(p1.kv_idx, p2.kv_idx) and torch.equal(p1.kv_cnt, p2.kv_cnt)
+
+
+def test_short_sequences_run_dense(qkv):
+    q, k, _ = qkv
+    pattern, info = flexprefill_pattern_naive(q, k, FlexPrefillParams(block_size=16, min_budget=1024))
+    assert info.query_aware is None
+    assert torch.allclose(pattern.density(), torch.ones(2, 4))
+
+
+def test_params_validation():
+    with pytest.raises(ValueError, match="gamma"):
+        FlexPrefillParams(gamma=1.5)
+    with pytest.raises(ValueError, match="block_size"):
+        FlexPrefillParams(block_size=100)
+    with pytest.raises(ValueError, match="min_budget"):
+        FlexPrefillParams(min_budget=0)

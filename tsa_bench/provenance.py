@@ -4,7 +4,9 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any, Dict
@@ -22,8 +24,15 @@ def _git(*args: str) -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_info() -> Dict[str, Any]:
-    sha = _git("rev-parse", "HEAD") or "unknown"
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if sha != "unknown" else True
+    """The commit and dirty flag; ``TSA_BENCH_GIT_SHA`` / ``TSA_BENCH_GIT_DIRTY`` override them
+    where the tree was copied without its history (e.g. to a remote GPU machine)."""
+    env_sha = os.environ.get("TSA_BENCH_GIT_SHA", "")
+    if env_sha:
+        return {"git_sha": env_sha, "git_dirty": os.environ.get("TSA_BENCH_GIT_DIRTY", "1") not in ("0", "")}
+    sha = _git("rev-parse", "HEAD")
+    if not re.fullmatch(r"[0-9a-f]{40}", sha):
+        return {"git_sha": "unknown", "git_dirty": True}
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
     return {"git_sha": sha, "git_dirty": dirty}
 
 

@@ -136,12 +136,14 @@ def tsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TSA
     scores = ops.score(q, k, W, scale)
     pooled, layer = ops.pool(scores, config.pool_kernel)
     keep, pruned = layer_budget(layer, config)
+    # selection only needs the budgets on the device: enqueue it before the one host sync, so
+    # the GPU keeps working while the host waits for the sizes of the compressed tensors
+    order = ops.select(pooled, keep, L)
     host = torch.stack([keep.double(), pruned.double()]).cpu()    # the one host sync
     budget = tuple(int(x) for x in host[0].tolist())
     pruned_mass = tuple(float(x) for x in host[1].tolist())
     if all(b == P for b in budget):
         return _dense(q, k, v, be, scale, config, "nothing to prune under tau")
-    order = ops.select(pooled, keep, L)
     n_kept = keep + W
     n_max = max(budget) + W
     qc, kc, vc = ops.compress(q, k, v, order, n_max)

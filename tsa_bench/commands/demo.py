@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--tau", type=float, default=0.005, help="token coverage tau (default 0.005)")
     p.add_argument("--keep-ratio", type=float, default=None, help="force the kept fraction instead of tau")
-    p.add_argument("--tail", type=float, default=3.0, help="heaviness of the synthetic attention tail")
+    p.add_argument("--tail", type=float, default=3.4, help="heaviness of the synthetic attention tail (default 3.4)")
     p.add_argument("--backend", default="sdpa", help="attention backend from the registry (default sdpa)")
     p.add_argument("--impl", default="auto", choices=["auto", "triton", "naive"], help="TSA ops implementation")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")

@@ -47,12 +47,13 @@ def add_arguments(p) -> None:
     p.add_argument("--min-keep", type=int, default=1024, help="TSA minimum kept prefix tokens (default 1024)")
     p.add_argument("--sparse-frac", type=float, default=0.5, help="fraction of sparse layers for the all-layer "
                    "average (default 0.5, as in the paper)")
-    p.add_argument("--tail", type=float, default=3.0, help="synthetic workload tail heaviness (default 3.0)")
+    p.add_argument("--tail", type=float, default=3.4, help="synthetic workload tail heaviness at 8k (default 3.4; grows 0.35 per doubling, calibrated to the paper's Table 3)")
     p.add_argument("--qkv", default="synthetic", help="'synthetic' (default) or 'model:<preset|hf id|path>' "
                    "to capture Q/K/V from a model layer")
     p.add_argument("--layer", type=int, default=None, help="layer to capture with --qkv model:... (default: middle)")
     p.add_argument("--input-sets", type=int, default=0, help="input sets rotated between calls (default: auto)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
+    p.add_argument("--budget", type=float, default=1.0, help="seconds per measurement when --reps is auto (default 1)")
     p.add_argument("--reps", type=int, default=0, help="timed calls per measurement (default: auto, 5..50)")
     p.add_argument("--no-torch-baseline", action="store_true", help="skip the plain PyTorch composition")
     p.add_argument("--check-heads", type=int, default=2, help="heads checked against references (default 2)")
@@ -123,7 +124,7 @@ def run(args) -> int:
     print(desc, file=sys.stderr)
     failed = False
     bar = tqdm(sweep, desc="latency", file=sys.stderr, dynamic_ncols=True)
-    cache = {}
+    cache, dense_cache = {}, {}
     for L, d, c in bar:
         bar.set_postfix_str(f"{fmt_length(L)} {d} " + (f"tau={c.tau}" if c.keep_ratio is None else f"r={c.keep_ratio}"))
         ident = dict(model=f"shape:{args.shape}" if args.qkv == "synthetic" else args.qkv)
@@ -137,7 +138,8 @@ def run(args) -> int:
                 cache["inputs"] = _inputs(args, r, L, device)
             case = Case(L, args.batch, r["heads"], r["kv_heads"], r["head_dim"], _DTYPES[args.dtype], c, d,
                         args.sparse_frac, not args.no_torch_baseline, args.check_heads, ident)
-            rows = measure(case, cache["inputs"], device, reps=args.reps, warmup=args.warmup)
+            rows = measure(case, cache["inputs"], device, reps=args.reps, warmup=args.warmup,
+                           budget_s=args.budget, dense_cache=dense_cache)
             failed |= any(x["checked"] is False for x in rows)
             writer.add(rows)
         except torch.OutOfMemoryError as exc:
@@ -147,6 +149,9 @@ def run(args) -> int:
             writer.add([row("oom", 1.0, stage="total", seq_len=L, backend=d, batch=args.batch,
                             tau=c.tau, keep_ratio=c.keep_ratio, method="tsa", **ident)])
             tqdm.write(f"out of memory at {fmt_length(L)} ({d}): {str(exc).splitlines()[0]}", file=sys.stderr)
+    if device.type == "cuda":
+        from tsa_core.scoring.kernel import best_configs
+        print(f"scoring autotune choices: {best_configs()}", file=sys.stderr)
     df = writer.frame()
     _summary(df)
     path = writer.write()
@@ -197,6 +202,6 @@ def _summary(df) -> None:
         out["torch_overhead_ms"] = sum(piv.get(("tsa-torch", s)) for s in ov)
     other = df[df.metric.isin(["sparsity", "speedup_all_layers"]) & (df.method == "tsa")]
     extra = other.pivot_table(index=key, columns="metric", values="value", aggfunc="mean", dropna=False)
-    out = out.join(extra)
+    out = out.join(extra).dropna(how="all")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(out.reset_index().to_string(index=False))

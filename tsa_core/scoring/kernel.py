@@ -1,16 +1,20 @@
 """Triton token scoring, same signature and semantics as :func:`score_window_naive`.
 
-Two passes over the keys, both GQA-native (query head ``h`` reads KV head ``h // G``):
+Two passes over the keys, both GQA-native (query head ``h`` reads KV head ``h // G``) and
+both split into chunks of keys so that every program keeps its ``[W, D]`` query window in
+registers while it streams many key tiles (flash-attention style: K tiles loaded row-major,
+``dot(q, trans(k))``, base-2 exponentials with the scale folded in):
 
-1. ``_stats_kernel``: grid (Hq, chunks, B). Each program keeps the ``[W, D]`` query window
-   in registers and streams one chunk of keys, tracking the online-softmax max ``m`` and
-   sum ``l`` (base 2) of every window row; partial stats go to ``[B, Hq, chunks, W]``.
-   ``_combine_kernel`` reduces the chunks to ``m`` and ``1/l`` per row.
-2. ``_probs_kernel``: grid (Hq, prefix blocks, B). Recomputes the logits of one key block,
-   turns them into probabilities with the final stats and writes their mean over the window.
+1. ``_stats_kernel``: grid (Hq, chunks, B), online-softmax max ``m`` and sum ``l`` of every
+   window row over one chunk of all ``L`` keys (causal inside the window); partial stats go to
+   ``[B, Hq, chunks, W]`` and ``_combine_kernel`` reduces them to ``m`` and ``1/l``.
+2. ``_probs_kernel``: grid (Hq, chunks, B) over the prefix keys: recompute the logits of each
+   key tile, turn them into probabilities with the final stats, write their mean over the window.
 
-The head index is the fastest grid axis, so the G query heads sharing a KV head read the
-same key block at about the same time and all but the first hit L2.
+The head index is the fastest grid axis, so the G query heads that share a KV head read the
+same key tiles at about the same time and all but the first hit L2. On a GPU both passes are
+autotuned (tile width, warps, pipeline depth) per power-of-two length bucket; under the
+interpreter a fixed configuration runs.
 """
 from __future__ import annotations
 
@@ -21,12 +25,13 @@ import torch
 import triton
 import triton.language as tl
 
-from tsa_core._checks import check_qkv, check_triton_device
+from tsa_core._checks import check_qkv, check_triton_device, interpreter_on
 from tsa_core._triton_utils import next_pow2, sm_count, upcast_loads
 from tsa_core.scoring.naive import check_window
 
 _LOG2E = 1.4426950408889634
-_NEG_BIG = -1.0e30  # finite "minus infinity" for running maxima (avoids inf - inf = NaN)
+_NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima (avoids inf - inf = NaN)
+_CHUNK_ALIGN = 256                # chunks are whole numbers of every tile width below
 
 
 @triton.jit
@@ -34,8 +39,8 @@ def _stats_kernel(
     q_ptr, k_ptr, m_part_ptr, l_part_ptr,
     stride_qb, stride_qh, stride_ql, stride_qd,
     stride_kb, stride_kh, stride_kl, stride_kd,
-    L, W, D, qk_scale, chunk_len, n_chunks,
-    GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    L, W, D, qk_scale, chunk_len, n_chunks, L_BUCKET,
+    GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
@@ -60,11 +65,11 @@ def _stats_kernel(
     for it in range(0, chunk_len // BLOCK_K):          # chunk_len is a multiple of BLOCK_K
         key_pos = start + it * BLOCK_K + offs_k
         mask_k = key_pos < L
-        k_ptrs = k_base + key_pos[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd
-        kt = tl.load(k_ptrs, mask=mask_d[:, None] & mask_k[None, :], other=0.0)      # [BLOCK_D, BLOCK_K]
+        k_ptrs = k_base + key_pos[:, None].to(tl.int64) * stride_kl + offs_d[None, :] * stride_kd
+        k = tl.load(k_ptrs, mask=mask_k[:, None] & mask_d[None, :], other=0.0)    # [BLOCK_K, BLOCK_D]
         if UPCAST:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt) * qk_scale                                # [BLOCK_W, BLOCK_K], log2 units
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * qk_scale                      # [BLOCK_W, BLOCK_K], log2 units
         visible = mask_k[None, :] & (key_pos[None, :] <= q_pos[:, None])
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -99,17 +104,18 @@ def _probs_kernel(
     q_ptr, k_ptr, m_ptr, inv_l_ptr, out_ptr,
     stride_qb, stride_qh, stride_ql, stride_qd,
     stride_kb, stride_kh, stride_kl, stride_kd,
-    L, W, P, D, qk_scale, inv_w,
-    GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    L, W, P, D, qk_scale, inv_w, chunk_len, L_BUCKET,
+    GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     kv_h = pid_h // GROUP
     row = pid_b * tl.num_programs(0) + pid_h
     offs_w = tl.arange(0, BLOCK_W)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_K)
     mask_w = offs_w < W
     mask_d = offs_d < D
     q_pos = L - W + offs_w
@@ -118,27 +124,43 @@ def _probs_kernel(
     q = tl.load(q_ptrs, mask=mask_w[:, None] & mask_d[None, :], other=0.0)   # [BLOCK_W, BLOCK_D]
     if UPCAST:
         q = q.to(tl.float32)
-    m = tl.load(m_ptr + row * W + offs_w, mask=mask_w, other=0.0)          # [BLOCK_W]
-    inv_l = tl.load(inv_l_ptr + row * W + offs_w, mask=mask_w, other=0.0)  # 0 on padded rows
-    key_pos = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    mask_k = key_pos < P
-    k_ptrs = (k_ptr + pid_b * stride_kb + kv_h * stride_kh
-              + key_pos[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd)
-    kt = tl.load(k_ptrs, mask=mask_d[:, None] & mask_k[None, :], other=0.0)          # [BLOCK_D, BLOCK_K]
-    if UPCAST:
-        kt = kt.to(tl.float32)
-    s = tl.dot(q, kt) * qk_scale
-    p = tl.exp2(s - m[:, None]) * inv_l[:, None]                   # prefix keys: no causal mask
-    score = tl.sum(p, axis=0) * inv_w                               # [BLOCK_K]
-    tl.store(out_ptr + row * P + key_pos, score, mask=mask_k)
+    m = tl.load(m_ptr + row * W + offs_w, mask=mask_w, other=0.0)            # [BLOCK_W]
+    inv_l = tl.load(inv_l_ptr + row * W + offs_w, mask=mask_w, other=0.0) * inv_w   # 0 on padded rows
+    k_base = k_ptr + pid_b * stride_kb + kv_h * stride_kh
+    start = pid_c * chunk_len
+    for it in range(0, chunk_len // BLOCK_K):
+        key_pos = start + it * BLOCK_K + offs_k
+        mask_k = key_pos < P
+        k_ptrs = k_base + key_pos[:, None].to(tl.int64) * stride_kl + offs_d[None, :] * stride_kd
+        k = tl.load(k_ptrs, mask=mask_k[:, None] & mask_d[None, :], other=0.0)    # [BLOCK_K, BLOCK_D]
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        p = tl.exp2(s - m[:, None]) * inv_l[:, None]               # prefix keys: no causal mask
+        tl.store(out_ptr + row * P + key_pos, tl.sum(p, axis=0), mask=mask_k)
 
 
-def _launch_params(device: torch.device, W: int, D: int):
-    block_w = max(16, next_pow2(W))
-    block_d = max(16, next_pow2(D))
-    block_k = 64 if block_w * block_d <= 128 * 128 else 32
-    num_warps = 8 if block_w >= 128 else 4
-    return block_w, block_d, block_k, num_warps
+def _configs():
+    return [triton.Config({"BLOCK_K": bk}, num_warps=nw, num_stages=ns)
+            for bk in (64, 128) for nw in (4, 8) for ns in (2, 3)]
+
+
+_KEY = ["L_BUCKET", "D", "W", "GROUP"]
+_stats_tuned = triton.autotune(configs=_configs(), key=_KEY)(_stats_kernel)
+_probs_tuned = triton.autotune(configs=_configs(), key=_KEY)(_probs_kernel)
+
+
+def best_configs() -> dict:
+    """The autotuner's choices so far (for perf notes), keyed by kernel."""
+    out = {}
+    for name, k in (("stats", _stats_tuned), ("probs", _probs_tuned)):
+        out[name] = {str(key): str(cfg) for key, cfg in getattr(k, "cache", {}).items()}
+    return out
+
+
+def _n_chunks(device, rows: int, n_keys: int) -> int:
+    want = max(1, math.ceil(2 * sm_count(device) / rows))     # ~2 waves of programs
+    return max(1, min(triton.cdiv(n_keys, _CHUNK_ALIGN), want))
 
 
 def score_window_triton(q: torch.Tensor, k: torch.Tensor, window: int,
@@ -150,28 +172,32 @@ def score_window_triton(q: torch.Tensor, k: torch.Tensor, window: int,
     W, P = window, L - window
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     qk_scale = scale * _LOG2E
-    block_w, block_d, block_k, num_warps = _launch_params(q.device, W, D)
-    upcast = upcast_loads(q.dtype)
-    # enough chunks to fill the GPU in pass 1, each a whole number of key blocks
-    want = max(1, math.ceil(4 * sm_count(q.device) / (B * Hq)))
-    n_chunks = max(1, min(triton.cdiv(L, block_k), want))
-    chunk_len = triton.cdiv(triton.cdiv(L, n_chunks), block_k) * block_k
-    n_chunks = triton.cdiv(L, chunk_len)
+    block_w, block_d = max(16, next_pow2(W)), max(16, next_pow2(D))
+    common = dict(GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_D=block_d, UPCAST=upcast_loads(q.dtype))
+    interp = interpreter_on()
+    fixed = dict(BLOCK_K=64, num_warps=4)
+    stats_k, probs_k = (_stats_kernel, _probs_kernel) if interp else (_stats_tuned, _probs_tuned)
+    extra = fixed if interp else {}
+    bucket = L.bit_length()
     f32 = dict(device=q.device, dtype=torch.float32)
+
+    n_chunks = _n_chunks(q.device, B * Hq, L)
+    chunk_len = triton.cdiv(triton.cdiv(L, n_chunks), _CHUNK_ALIGN) * _CHUNK_ALIGN
+    n_chunks = triton.cdiv(L, chunk_len)
     m_part = torch.empty((B, Hq, n_chunks, W), **f32)
     l_part = torch.empty((B, Hq, n_chunks, W), **f32)
-    _stats_kernel[(Hq, n_chunks, B)](
+    stats_k[(Hq, n_chunks, B)](
         q, k, m_part, l_part, *q.stride(), *k.stride(),
-        L, W, D, qk_scale, chunk_len, n_chunks,
-        GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_K=block_k, BLOCK_D=block_d, UPCAST=upcast,
-        num_warps=num_warps)
+        L, W, D, qk_scale, chunk_len, n_chunks, bucket, **common, **extra)
     m = torch.empty((B, Hq, W), **f32)
     inv_l = torch.empty((B, Hq, W), **f32)
     _combine_kernel[(B * Hq,)](m_part, l_part, m, inv_l, W, n_chunks, BLOCK_W=block_w)
+
+    p_chunks = _n_chunks(q.device, B * Hq, P)
+    p_chunk_len = triton.cdiv(triton.cdiv(P, p_chunks), _CHUNK_ALIGN) * _CHUNK_ALIGN
+    p_chunks = triton.cdiv(P, p_chunk_len)
     out = torch.empty((B, Hq, P), **f32)
-    _probs_kernel[(Hq, triton.cdiv(P, block_k), B)](
+    probs_k[(Hq, p_chunks, B)](
         q, k, m, inv_l, out, *q.stride(), *k.stride(),
-        L, W, P, D, qk_scale, 1.0 / W,
-        GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_K=block_k, BLOCK_D=block_d, UPCAST=upcast,
-        num_warps=num_warps)
+        L, W, P, D, qk_scale, 1.0 / W, p_chunk_len, bucket, **common, **extra)
     return out

@@ -4,7 +4,7 @@
 accumulates the head sum, so the scores are read once.
 
 ``select_topk_triton``: an exact per-row radix select of the ``keep[b]``-th largest pooled
-score (non-negative float32 compares like its int32 bit pattern; four passes of 8-bit
+score (non-negative float32 compares like its int32 bit pattern; three passes of 11/11/10-bit
 digits, each a histogram kernel over all blocks plus a tiny pick kernel), then a two-kernel
 stream compaction that writes the kept positions (ascending), the window and the dropped
 positions (ascending). No sort, no host synchronisation; ties at the threshold go to the
@@ -22,8 +22,8 @@ from tsa_core._checks import check_triton_device
 from tsa_core._triton_utils import next_pow2
 from tsa_core.selection.naive import _check_scores, check_keep, check_pool_kernel
 
-_RADIX_BITS = 8
-_RADIX = 1 << _RADIX_BITS
+# (shift, digit bits) of the radix passes over the 31 value bits of a non-negative float32
+_PASSES = ((21, 11), (10, 11), (0, 10))
 
 
 @triton.jit
@@ -77,11 +77,15 @@ def _radix_hist_kernel(pooled_ptr, prefix_ptr, hist_ptr, P, hi_mask, shift,
 
 
 @triton.jit
-def _radix_pick_kernel(hist_ptr, prefix_ptr, need_ptr, shift, RADIX: tl.constexpr):
+def _radix_pick_kernel(hist_ptr, prefix_ptr, need_ptr, keep_ptr, H, shift,
+                       RADIX: tl.constexpr, FIRST: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     digits = tl.arange(0, RADIX)
     hist = tl.load(hist_ptr + row * RADIX + digits)                              # [RADIX] i32
-    need = tl.load(need_ptr + row)
+    if FIRST:
+        need = tl.load(keep_ptr + row // H).to(tl.int32)    # the k of this row's batch element
+    else:
+        need = tl.load(need_ptr + row)
     # count of elements whose digit is >= d
     ge = tl.sum(hist) - tl.cumsum(hist, axis=0) + hist
     d_star = tl.max(tl.where(ge >= need, digits, 0))
@@ -151,14 +155,15 @@ def select_topk_triton(pooled: torch.Tensor, keep: torch.Tensor, seq_len: int) -
     block = min(2048, max(16, next_pow2(P)))
     n_prefix_blocks = triton.cdiv(P, block)
     # radix select: prefix = bit pattern of the k-th largest, need = ties still to take
+    keep = keep.contiguous()
     prefix = torch.zeros((R,), dtype=torch.int64, device=dev)
-    need = keep.repeat_interleave(H).to(torch.int32)
-    hist = torch.zeros((32 // _RADIX_BITS, R, _RADIX), dtype=torch.int32, device=dev)
-    for p, shift in enumerate(range(32 - _RADIX_BITS, -1, -_RADIX_BITS)):
-        hi_mask = -(1 << (shift + _RADIX_BITS))  # the bits already decided, as an int64 mask
+    need = torch.empty((R,), dtype=torch.int32, device=dev)
+    hist = torch.zeros((len(_PASSES), R, 1 << max(b for _, b in _PASSES)), dtype=torch.int32, device=dev)
+    for p, (shift, bits) in enumerate(_PASSES):
+        hi_mask = -(1 << (shift + bits))  # the bits already decided, as an int64 mask
         _radix_hist_kernel[(R, n_prefix_blocks)](pooled, prefix, hist[p], P, hi_mask, shift,
-                                                  BLOCK=block, RADIX=_RADIX)
-        _radix_pick_kernel[(R,)](hist[p], prefix, need, shift, RADIX=_RADIX)
+                                                  BLOCK=block, RADIX=1 << bits)
+        _radix_pick_kernel[(R,)](hist[p], prefix, need, keep, H, shift, RADIX=1 << bits, FIRST=p == 0)
     # stream compaction over [0, L): kept prefix, then the window, then the dropped prefix
     n_blocks = triton.cdiv(L, block)
     cnt_gt = torch.empty((R, n_blocks), dtype=torch.int32, device=dev)

@@ -1,0 +1,318 @@
+"""GPU check and timing of the sparse methods (issue 6), one self-contained run.
+
+    PYTHONPATH=. python3 scripts/gpu_sparse.py --out $OUT          # H100, about 3-5 minutes
+    PYTHONPATH=. python3 scripts/gpu_sparse.py --out /tmp/x --tiny # CPU smoke test (interpreter)
+
+What it does (Llama-3.1-8B attention shape: 32 query heads, 8 KV heads, d 128, bf16, batch 1,
+128K tokens unless --seq-len says otherwise):
+
+1. **Correctness gate**: the block-sparse kernel at ~10% block density vs the masked-dense
+   fp32 reference on a subset of heads (``--check-heads``), FlexAttention on the same
+   BlockMask vs the kernel, and FlexPrefill's Triton estimation vs its PyTorch reference
+   (block-mask agreement). A failed gate makes the exit code 1 and marks ``checked=False``.
+2. **Kernel timing**: the block-sparse kernel at 10% density and at 100% (every causal
+   block) vs dense SDPA-flash and SDPA-cudnn, and vs FlexAttention with a BlockMask built
+   from the same block lists (``BlockMask.from_kv_blocks``; mask build timed on its own).
+   Derived: speedup vs SDPA-flash, and time / (density x SDPA-flash time).
+3. **Methods on the synthetic workload** (``tsa_bench.workload.synthetic_qkv``):
+   FlexPrefill, XAttention, MInference: pattern estimation, attention with the pattern, and
+   total, with the density; FlexPrefill + TSA (``tsa_attention(..., TSAConfig(tau=0.005),
+   backend="flexprefill")``) and its speedup over FlexPrefill alone.
+
+Every latency is the median over CUDA-event timed calls after warm-up, with p20/p80 as
+``lo``/``hi``. One tidy CSV (``tsa_bench.results`` columns) is written under ``--out``; its
+path is the last line printed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n  PYTHONPATH=. python3 scripts/gpu_sparse.py --out $OUT\n"
+                                       "  PYTHONPATH=. python3 scripts/gpu_sparse.py --out /tmp/sp --tiny")
+    p.add_argument("--out", required=True, help="directory for the CSV")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU + TRITON_INTERPRET=1 smoke test)")
+    p.add_argument("--seq-len", type=int, default=131072, help="sequence length (default 131072)")
+    p.add_argument("--density", type=float, default=0.10, help="block density of the kernel benchmark")
+    p.add_argument("--check-heads", default="0,31", help="query heads checked against the reference")
+    p.add_argument("--budget-s", type=float, default=1.5, help="timing budget per measurement (s)")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: flex,cudnn,xattention,minference,tsa")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.tiny:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+from tsa_bench.bench.timing import time_fn  # noqa: E402
+from tsa_bench.results import ResultWriter, row  # noqa: E402
+from tsa_bench.workload import synthetic_qkv  # noqa: E402
+from tsa_core import TSAConfig, tsa_attention  # noqa: E402
+from tsa_core.backends.dense import sdpa_attention  # noqa: E402
+from tsa_core.sparse import last_stats, sparse_attention  # noqa: E402
+from tsa_core.sparse.block_sparse import block_sparse_attention, block_sparse_attention_naive  # noqa: E402
+from tsa_core.sparse.flexprefill import FlexPrefillParams, flexprefill_pattern_naive  # noqa: E402
+from tsa_core.sparse.flexprefill.kernel import flexprefill_pattern_triton  # noqa: E402
+from tsa_core.sparse.methods import _compiled_flex, _flex_block_mask, estimate_pattern, make_params  # noqa: E402
+from tsa_core.sparse.methods import run_with_pattern  # noqa: E402
+from tsa_core.sparse.pattern import BlockPattern, causal_block_grid  # noqa: E402
+
+
+def random_pattern(B, H, L, bs, density, device, seed=0) -> BlockPattern:
+    """Row r keeps max(1, round(density (r + 1))) causal blocks: sink, diagonal, then random."""
+    nb = -(-L // bs)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    score = torch.rand(B, H, nb, nb, device=device, generator=gen)
+    causal = causal_block_grid(nb, nb, device)
+    score = score.masked_fill(~causal, -1.0)
+    score[..., :, 0] = 2.0
+    score = torch.where(torch.eye(nb, dtype=torch.bool, device=device), torch.full_like(score, 3.0), score)
+    n_row = torch.clamp(torch.round(density * torch.arange(1, nb + 1, device=device)), min=1)
+    order = torch.sort(score, dim=-1, descending=True).indices
+    take = torch.arange(nb, device=device).view(1, nb) < n_row.view(nb, 1)
+    mask = torch.zeros(B, H, nb, nb, dtype=torch.bool, device=device).scatter(-1, order, take.expand(B, H, nb, nb))
+    return BlockPattern.from_mask(mask, bs, L)
+
+
+def rms_ratio(a, b) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30)).item()
+
+
+class Run:
+    def __init__(self, args, device):
+        self.args, self.device = args, device
+        self.tiny = args.tiny
+        if self.tiny:
+            self.B, self.Hq, self.Hkv, self.L, self.D, self.bs = 1, 2, 1, 160, 16, 16
+            self.dtype = torch.float32
+        else:
+            self.B, self.Hq, self.Hkv, self.L, self.D, self.bs = 1, 32, 8, args.seq_len, 128, 128
+            self.dtype = torch.bfloat16
+        self.scale = 1.0 / math.sqrt(self.D)
+        self.rows = []
+        self.failed = []
+        self.t0 = time.time()
+        self.skip = set(s for s in args.skip.split(",") if s)
+
+    def ident(self, **kw):
+        base = dict(seq_len=self.L, batch=self.B, heads=self.Hq, kv_heads=self.Hkv, head_dim=self.D,
+                    dtype=str(self.dtype).replace("torch.", ""))
+        if "workload" in kw:                 # the input data go in the identity column "task"
+            kw["task"] = kw.pop("workload")
+        base.update(kw)
+        return base
+
+    def time(self, fn, method, stage, backend="", **kw):
+        budget = 0.2 if self.tiny else self.args.budget_s
+        t = time_fn(lambda i: fn(), self.device, warmup=1 if self.tiny else 3, budget_s=budget,
+                    reps=1 if self.tiny else 0, min_reps=5, max_reps=30)
+        self.rows.append(row("latency_ms", t.median, lo=t.p20, hi=t.p80, n=t.n,
+                             **self.ident(method=method, stage=stage, backend=backend, **kw)))
+        print(f"  {method:<22} {stage:<12} {t.median:9.3f} ms  [p20 {t.p20:.3f}, p80 {t.p80:.3f}, n={t.n}]")
+        return t.median
+
+    def metric(self, metric, value, method, stage="", backend="", checked=None, **kw):
+        self.rows.append(row(metric, value, checked=checked, **self.ident(method=method, stage=stage,
+                                                                            backend=backend, **kw)))
+        print(f"  {method:<22} {stage:<12} {metric} = {value:.4g}" + ("" if checked is None else f"  checked={checked}"))
+
+    def gate(self, name, ok):
+        if not ok:
+            self.failed.append(name)
+        return ok
+
+    def elapsed(self):
+        return time.time() - self.t0
+
+
+def part_kernel(run: Run):
+    dev, B, Hq, Hkv, L, D, bs = run.device, run.B, run.Hq, run.Hkv, run.L, run.D, run.bs
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, Hq, L, D, device=dev, generator=gen, dtype=torch.float32).to(run.dtype)
+    k = torch.randn(B, Hkv, L, D, device=dev, generator=gen, dtype=torch.float32).to(run.dtype)
+    v = torch.randn(B, Hkv, L, D, device=dev, generator=gen, dtype=torch.float32).to(run.dtype)
+    pattern = random_pattern(B, Hq, L, bs, run.args.density, dev)
+    dens = pattern.density().mean().item()
+    print(f"[kernel] L={L} density={dens:.4f}")
+    run.metric("density", dens, "block-sparse", "pattern", backend="triton")
+
+    out = torch.full_like(q, float("nan"))
+    block_sparse_attention(q, k, v, pattern, scale=run.scale, out=out)
+    heads = [int(h) % Hq for h in run.args.check_heads.split(",")] if not run.tiny else list(range(Hq))
+    G = Hq // Hkv
+    worst, worst_base = 0.0, 0.0
+    for h in heads:
+        sub = pattern.select(heads=slice(h, h + 1))
+        qh, kh, vh = q[:, h:h + 1], k[:, h // G:h // G + 1], v[:, h // G:h // G + 1]
+        ref = block_sparse_attention_naive(qh.float(), kh.float(), vh.float(), sub, scale=run.scale, chunk=2048)
+        # a plain low-precision PyTorch run's own error: the reference rounded to the input dtype
+        base = rms_ratio(ref.to(run.dtype), ref)
+        worst = max(worst, rms_ratio(out[:, h:h + 1], ref))
+        worst_base = max(worst_base, base)
+        del ref
+    nan_free = not bool(out.isnan().any())
+    ok = run.gate("kernel-vs-reference", nan_free and worst <= max(4 * worst_base, 1e-5) + 2e-3)
+    run.metric("check_rms_ratio", worst, "block-sparse", "check", backend="triton", checked=ok)
+    run.metric("check_rms_ratio_dtype_floor", worst_base, "block-sparse", "check", backend="reference")
+
+    t_flash = t_cudnn = None
+    if run.tiny:
+        t_flash = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale), "dense", "attention", "sdpa")
+    else:
+        try:
+            t_flash = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale, sdpa_backend="FLASH_ATTENTION"),
+                               "dense", "attention", "sdpa-flash")
+        except Exception as e:  # noqa: BLE001 - record why the baseline is missing
+            print(f"  sdpa-flash failed: {e!r}")
+        if "cudnn" not in run.skip:
+            try:
+                ref_out = sdpa_attention(q, k, v, scale=run.scale, sdpa_backend="CUDNN_ATTENTION")
+                t_cudnn = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale, sdpa_backend="CUDNN_ATTENTION"),
+                                   "dense", "attention", "sdpa-cudnn")
+                del ref_out
+            except Exception as e:  # noqa: BLE001
+                print(f"  sdpa-cudnn failed: {e!r}")
+    t_bs = run.time(lambda: block_sparse_attention(q, k, v, pattern, scale=run.scale, out=out),
+                    "block-sparse", "attention", "triton", keep_ratio=round(dens, 4))
+    full = BlockPattern.dense(B, Hq, L, bs, dev)
+    t_full = run.time(lambda: block_sparse_attention(q, k, v, full, scale=run.scale, out=out),
+                      "block-sparse-dense", "attention", "triton", keep_ratio=1.0)
+    if t_flash:
+        run.metric("speedup_vs_sdpa_flash", t_flash / t_bs, "block-sparse", "attention", backend="triton",
+                   keep_ratio=round(dens, 4))
+        run.metric("time_over_density_prediction", t_bs / (dens * t_flash), "block-sparse", "attention",
+                   backend="triton", keep_ratio=round(dens, 4))
+        run.metric("speedup_vs_sdpa_flash", t_flash / t_full, "block-sparse-dense", "attention",
+                   backend="triton", keep_ratio=1.0)
+    if t_cudnn:
+        run.metric("speedup_vs_sdpa_cudnn", t_cudnn / t_bs, "block-sparse", "attention", backend="triton",
+                   keep_ratio=round(dens, 4))
+
+    if not run.tiny and "flex" not in run.skip:
+        try:
+            t0 = time.time()
+            bm = _flex_block_mask(pattern, dev)
+            torch.cuda.synchronize()
+            build_ms = (time.time() - t0) * 1e3
+            flex = _compiled_flex()
+            out_flex = flex(q, k, v, block_mask=bm, scale=run.scale, enable_gqa=True)
+            err = rms_ratio(out_flex, out)
+            ok = run.gate("flex-vs-kernel", err < 1e-2)
+            run.metric("check_rms_ratio_vs_kernel", err, "flex-block-sparse", "check", backend="flex", checked=ok)
+            run.metric("mask_build_ms_first_call", build_ms, "flex-block-sparse", "mask_build", backend="flex")
+            run.time(lambda: _flex_block_mask(pattern, dev), "flex-block-sparse", "mask_build", "flex")
+            t_fx = run.time(lambda: flex(q, k, v, block_mask=bm, scale=run.scale, enable_gqa=True),
+                            "flex-block-sparse", "attention", "flex", keep_ratio=round(dens, 4))
+            run.metric("triton_speedup_vs_flex", t_fx / t_bs, "block-sparse", "attention", backend="triton",
+                       keep_ratio=round(dens, 4))
+            if t_flash:
+                run.metric("speedup_vs_sdpa_flash", t_flash / t_fx, "flex-block-sparse", "attention",
+                           backend="flex", keep_ratio=round(dens, 4))
+            del out_flex, bm
+        except Exception as e:  # noqa: BLE001
+            print(f"  FlexAttention failed: {e!r}")
+    del q, k, v, out, pattern, full
+    return t_flash
+
+
+def part_methods(run: Run, t_flash):
+    dev, B, Hq, Hkv, L, D = run.device, run.B, run.Hq, run.Hkv, run.L, run.D
+    q, k, v = synthetic_qkv(B, Hq, Hkv, L, D, device=dev, dtype=run.dtype)
+    print(f"[methods] synthetic workload, L={L}")
+    if t_flash is None or run.tiny:
+        t_flash = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale), "dense", "attention",
+                           "sdpa" if run.tiny else "sdpa-default", workload="synthetic")
+    small = run.tiny
+    params = {
+        "flexprefill": dict(block_size=16, min_budget=32) if small else {},
+        "xattention": dict(block_size=16, stride=4) if small else {},
+        "minference": dict(block_size=16, last_q=16) if small else {},
+    }
+    # FlexPrefill's Triton estimation vs its PyTorch reference (block-mask agreement)
+    prm = FlexPrefillParams(**params["flexprefill"])
+    pt, _ = flexprefill_pattern_triton(q, k, prm, scale=run.scale)
+    if run.tiny or run.elapsed() < 200:
+        pn, _ = flexprefill_pattern_naive(q, k, prm, scale=run.scale)
+        causal = causal_block_grid(pt.num_blocks, pt.num_blocks, dev)
+        agree = ((pt.block_mask == pn.block_mask) & causal).sum().item() / (causal.sum().item() * B * Hq)
+        ok = run.gate("flexprefill-estimation", agree >= 0.99)
+        run.metric("pattern_agreement_vs_naive", agree, "flexprefill", "check", backend="triton", checked=ok)
+        del pn
+    totals = {}
+    for method in ("flexprefill", "xattention", "minference"):
+        if method in run.skip or (run.elapsed() > 270 and method != "flexprefill"):
+            print(f"  skipping {method}")
+            continue
+        kw = params[method]
+        try:
+            pattern = estimate_pattern(method, q, k, scale=run.scale, **kw)
+            t_est = run.time(lambda: estimate_pattern(method, q, k, scale=run.scale, **kw), method, "estimate",
+                             "triton", workload="synthetic")
+            t_att = run.time(lambda: run_with_pattern(q, k, v, pattern, scale=run.scale), method, "attention",
+                             "triton", workload="synthetic")
+            t_tot = run.time(lambda: sparse_attention(q, k, v, scale=run.scale, method=method, **kw), method,
+                             "total", "triton", workload="synthetic")
+            dens = last_stats()["density"]
+            totals[method] = t_tot
+            run.metric("density", dens, method, "pattern", backend="triton", workload="synthetic")
+            run.metric("estimate_share", t_est / t_tot, method, "estimate", backend="triton", workload="synthetic")
+            run.metric("speedup_vs_dense", t_flash / t_tot, method, "total", backend="triton", workload="synthetic")
+            del pattern
+        except Exception as e:  # noqa: BLE001
+            print(f"  {method} failed: {e!r}")
+            run.gate(method, False)
+    if "tsa" not in run.skip and "flexprefill" in totals:
+        cfg = TSAConfig(tau=0.005) if not run.tiny else TSAConfig(tau=0.005, window=16, min_keep=32)
+        be = "flexprefill"
+        if run.tiny:
+            from tsa_core.backends import AttentionBackend
+            be = AttentionBackend("flexprefill-tiny", "tsa_core.sparse.methods:sparse_attention", kind="sparse",
+                                  devices=("cpu", "cuda"), options={"method": "flexprefill", **params["flexprefill"]})
+        out, st = tsa_attention(q, k, v, cfg, backend=be, scale=run.scale)
+        t_tsa = run.time(lambda: tsa_attention(q, k, v, cfg, backend=be, scale=run.scale), "flexprefill+tsa",
+                         "total", "triton", workload="synthetic", tau=0.005)
+        run.metric("keep_fraction", sum(st.keep_fraction) / len(st.keep_fraction), "flexprefill+tsa", "tsa",
+                   workload="synthetic", tau=0.005)
+        run.metric("density_on_compressed", last_stats()["density"], "flexprefill+tsa", "pattern",
+                   workload="synthetic", tau=0.005)
+        run.metric("speedup_vs_dense", t_flash / t_tsa, "flexprefill+tsa", "total", workload="synthetic", tau=0.005)
+        run.metric("speedup_vs_flexprefill", totals["flexprefill"] / t_tsa, "flexprefill+tsa", "total",
+                   workload="synthetic", tau=0.005)
+        print(f"  paper (A100, RULER-level, FA2 baseline): FlexPrefill x2.44, +TSA(0.005) x2.76 -> ratio 1.13")
+
+
+def main(args) -> int:
+    if args.tiny:
+        device = torch.device("cpu")
+    else:
+        if not torch.cuda.is_available():
+            print("no CUDA device; use --tiny for the CPU smoke test", file=sys.stderr)
+            return 2
+        device = torch.device("cuda")
+    run = Run(args, device)
+    t_flash = part_kernel(run)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    part_methods(run, t_flash)
+    cfg = dict(script="scripts/gpu_sparse.py", tiny=args.tiny, seq_len=run.L, density=args.density,
+               check_heads=args.check_heads, failed=run.failed)
+    writer = ResultWriter("sparse", cfg, device=str(device), out_dir=args.out)
+    writer.add(run.rows)
+    path = writer.write()
+    print(f"elapsed {run.elapsed():.1f} s; correctness gates failed: {run.failed or 'none'}")
+    print(path)
+    return 1 if run.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(ARGS))

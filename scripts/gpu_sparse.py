@@ -248,6 +248,20 @@ def part_methods(run: Run, t_flash):
         ok = run.gate("flexprefill-estimation", agree >= 0.99)
         run.metric("pattern_agreement_vs_naive", agree, "flexprefill", "check", backend="triton", checked=ok)
         del pn
+    if not run.tiny:      # where FlexPrefill's estimation time goes (profiles vs selection)
+        from tsa_core.sparse.flexprefill import kernel as fpk
+        from tsa_core.sparse.flexprefill.naive import select_from_profiles
+        nq = min(prm.block_size, L)
+        vert, sl = fpk.profiles_triton(q, k, nq, run.scale)
+        run.time(lambda: fpk.profiles_triton(q, k, nq, run.scale), "flexprefill", "est_profiles", "triton",
+                 workload="synthetic")
+        run.time(lambda: select_from_profiles(q, k, vert, sl, prm, run.scale), "flexprefill", "est_select",
+                 "torch", workload="synthetic")
+        run.time(lambda: fpk.profiles_triton(q, k, nq, run.scale, slash_mode="skew"), "flexprefill",
+                 "est_profiles", "triton-skew", workload="synthetic")
+        run.metric("gather_kernel_ok", float(not fpk._GATHER_BROKEN), "flexprefill", "est_profiles",
+                   backend="triton")
+        del vert, sl
     totals = {}
     for method in ("flexprefill", "xattention", "minference"):
         if method in run.skip or (run.elapsed() > 270 and method != "flexprefill"):

@@ -19,10 +19,12 @@ def qkv():
     return synthetic_qkv(2, 4, 2, 181, 32, workload=Workload(seed=3))
 
 
-def test_profiles_triton_matches_naive(qkv):
+@pytest.mark.parametrize("mode", ["gather", "skew"])
+@pytest.mark.parametrize("nq", [pytest.param(16, id="nq16"), pytest.param(40, id="nq40-odd")])
+def test_profiles_triton_matches_naive(qkv, mode, nq):
     q, k, _ = qkv
-    vn, sn = profiles_naive(q, k, 16, 0.2)
-    vt, st = profiles_triton(q, k, 16, 0.2)
+    vn, sn = profiles_naive(q, k, nq, 0.2)
+    vt, st = profiles_triton(q, k, nq, 0.2, slash_mode=mode)
     torch.testing.assert_close(vt, vn, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(st, sn, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(vn.sum(-1), torch.ones(2, 4), atol=1e-5, rtol=0)

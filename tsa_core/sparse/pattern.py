@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from tsa_core._checks import interpreter_on
+
 
 def check_block_size(block_size: int, name: str = "block_size") -> int:
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 16 \
@@ -38,8 +40,17 @@ def mask_to_lists(mask: torch.Tensor):
 
     Returns ``(kv_idx int32 [B, H, n_qb, n_kb], kv_cnt int32 [B, H, n_qb])``: the first
     ``kv_cnt`` entries of each row are the active key blocks in ascending order; the rest is
-    zero. No host synchronisation (the list width is ``n_kb``).
+    zero. No host synchronisation (the list width is ``n_kb``). On CUDA (or under the
+    interpreter) one Triton pass does it (:func:`compact_mask_triton`).
     """
+    if mask.device.type == "cuda" or interpreter_on():
+        from tsa_core.sparse.block_sparse.kernel import compact_mask_triton
+        return compact_mask_triton(mask)
+    return mask_to_lists_torch(mask)
+
+
+def mask_to_lists_torch(mask: torch.Tensor):
+    """PyTorch version of :func:`mask_to_lists` (cumsum + scatter)."""
     B, H, n_qb, n_kb = mask.shape
     m = mask.to(torch.int32)
     pos = torch.cumsum(m, dim=-1, dtype=torch.int32) - 1

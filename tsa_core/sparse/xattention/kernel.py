@@ -112,7 +112,7 @@ def block_scores_triton(q: torch.Tensor, k: torch.Tensor, params: XAttentionPara
         q, k, a, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         L, Lg, D, nb, scale / S * _LOG2E,
         GROUP=Hq // Hkv, S=S, GPB=gpb, BLOCK_G=block_g, BLOCK_D=max(16, next_pow2(D)),
-        UPCAST=upcast_loads(q.dtype), num_warps=4 if block_g <= 32 else 8, num_stages=2)
+        UPCAST=upcast_loads(q.dtype), num_warps=4, num_stages=2)
     return a
 
 

@@ -1,0 +1,229 @@
+"""TSA as a transformers attention implementation (``attn_implementation="tsa"``).
+
+transformers (>= 4.48, 5.x) looks attention functions up by name in ``AttentionInterface``
+and mask builders in ``AttentionMaskInterface``; registering both under ``"tsa"`` is all it
+takes, no modeling file is touched. The function is called once per decoder layer as
+``fn(module, query, key, value, attention_mask, dropout=, scaling=, **kw)`` with
+``query [B, Hq, Lq, D]`` after RoPE (a transposed view) and ``key/value [B, Hkv, Lk, D]``
+straight from the KV cache (full, unrepeated), and returns ``([B, Lq, Hq, D], None)``.
+
+What runs where, per call:
+
+* **prefill** (``Lq == Lk > 1``, no mask): a selected layer runs :func:`tsa_core.tsa_attention`
+  with the method's prefill kernel on the kept tokens; any other layer runs that kernel on the
+  full sequence. The prefill kernel is the dense backend (method ``"tsa"``/``"dense"``) or a
+  sparse method of the registry (``"<name>"``, ``"<name>+tsa"``).
+* **decode or chunked prefill** (``Lq != Lk`` or ``Lq == 1``) and **masked prefill** in a
+  layer without TSA: torch SDPA through transformers' own SDPA function, with its mask.
+  The KV cache is written by the model before this function runs, so it keeps every token.
+* **masked prefill in a TSA layer** (a padded batch, or a sliding window shorter than the
+  prompt): refused with a ValueError. TSA scores tokens with the last ``W`` queries and its
+  kernels are plain-causal, so padding would be scored and attended as if it were text.
+
+The per-model configuration is a JSON-safe dict on ``model.config.tsa_settings`` (so two
+models with different settings coexist, and ``print(model.config)`` still works). The
+stats of the last prefill of each layer are kept on its attention module (:func:`last_stats`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from tsa_core import TSAConfig, TSAStats, tsa_attention
+from tsa_core.backends import get_backend
+
+ATTN_NAME = "tsa"
+SETTINGS_ATTR = "tsa_settings"
+_STATS_ATTR = "tsa_last_stats"
+_TSA_FIELDS = ("tau", "window", "pool_kernel", "min_keep", "keep_ratio")
+
+
+@dataclass(frozen=True)
+class TSAPlan:
+    """Resolved per-model settings, rebuilt from ``config.tsa_settings`` (cached)."""
+
+    method: str                       # "dense", "tsa", "<backend>", "<backend>+tsa"
+    prefill_backend: str              # registry kernel for full-sequence / kept-token prefill
+    dense_backend: str                # registry dense kernel the method was built on
+    tsa: Optional[TSAConfig]          # None: no layer runs TSA
+    sparse_layers: Tuple[int, ...]
+    impl: str = "auto"
+    layer_source: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["tsa"] = None if self.tsa is None else {f: getattr(self.tsa, f) for f in _TSA_FIELDS}
+        d["sparse_layers"] = list(self.sparse_layers)
+        return d
+
+    def is_sparse(self, layer_idx: int) -> bool:
+        return self.tsa is not None and layer_idx in self.sparse_layers
+
+
+def parse_method(method: str, dense_backend: str) -> Tuple[str, str, bool]:
+    """``method`` -> ``(canonical method, prefill kernel, uses TSA)``.
+
+    ``"dense"``: the dense backend everywhere. ``"tsa"``: TSA over the dense backend.
+    ``"<name>"``: registry backend ``name`` (e.g. a sparse method) for every prefill layer.
+    ``"<name>+tsa"``: TSA in the sparse layers with ``name`` on the kept tokens, ``name``
+    alone in the other layers.
+    """
+    if not isinstance(method, str) or not method.strip():
+        raise ValueError(f"method must be 'dense', 'tsa', '<backend>' or '<backend>+tsa', got {method!r}")
+    m = method.strip().lower()
+    get_backend(dense_backend)                      # raises a ValueError listing the registry
+    if m == "dense":
+        return "dense", dense_backend, False
+    if m == "tsa":
+        return "tsa", dense_backend, True
+    base, plus, tail = m.partition("+")
+    if plus and tail != "tsa":
+        raise ValueError(f"method {method!r}: only '+tsa' may follow a backend name")
+    get_backend(base)
+    return m, base, bool(plus)
+
+
+def plan_from_settings(settings: Dict[str, Any]) -> TSAPlan:
+    return _plan_from_json(json.dumps(settings, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_from_json(text: str) -> TSAPlan:
+    d = json.loads(text)
+    tsa = d.get("tsa")
+    layers = tuple(int(i) for i in d.get("sparse_layers") or ())
+    cfg = None if tsa is None else TSAConfig(**tsa, sparse_layers=layers)
+    return TSAPlan(method=d["method"], prefill_backend=d["prefill_backend"],
+                   dense_backend=d["dense_backend"], tsa=cfg, sparse_layers=layers,
+                   impl=d.get("impl", "auto"), layer_source=d.get("layer_source", ""))
+
+
+def _dense_stats(q: torch.Tensor, window: int, reason: str) -> TSAStats:
+    B, Hq, L, _ = q.shape
+    P = max(0, L - window)
+    return TSAStats(L, window, Hq, True, reason, (P,) * B, (L,) * B, (0.0,) * B)
+
+
+def _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                  scaling=scaling, **kwargs)
+
+
+def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                          value: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                          dropout: float = 0.0, scaling: Optional[float] = None, **kwargs):
+    """The function registered as ``"tsa"`` (see the module docstring for the dispatch)."""
+    config = module.config
+    settings = getattr(config, SETTINGS_ATTR, None)
+    if settings is None:
+        raise ValueError(
+            "attn_implementation='tsa' needs model.config.tsa_settings; build the model with "
+            "tsa_bench.hf.load_model(...) or call tsa_bench.hf.configure_tsa(model, ...)")
+    plan = plan_from_settings(settings)
+    layer_idx = getattr(module, "layer_idx", None)
+    if layer_idx is None:
+        raise ValueError(f"{type(module).__name__} has no layer_idx; TSA needs per-layer attention modules")
+    for unsupported in ("softcap", "s_aux", "sinks"):
+        if kwargs.get(unsupported) is not None:
+            raise ValueError(f"the 'tsa' attention does not support {unsupported!r} (model "
+                             f"{type(module).__name__}); use a Llama/Mistral/Qwen2/Qwen3-style model")
+    if getattr(module, "is_causal", True) is False:
+        raise ValueError("the 'tsa' attention supports causal decoder self-attention only")
+    q_len, k_len = query.shape[2], key.shape[2]
+    window = plan.tsa.window if plan.tsa is not None else 0
+
+    if q_len != k_len or q_len == 1:                         # decode / chunked prefill: dense
+        return _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+
+    sparse = plan.is_sparse(layer_idx)
+    if attention_mask is not None:
+        if sparse and not plan.tsa.runs_dense(q_len):
+            raise ValueError(
+                f"layer {layer_idx}: TSA prefill got an attention mask (a padded batch, or a sliding "
+                f"window shorter than the {q_len}-token prompt); TSA supports unpadded causal prefill "
+                "only. Run prompts one at a time (batch 1) or in equal-length batches without padding "
+                "(generate() infers padding wherever input_ids equal pad_token_id: pass "
+                "attention_mask=torch.ones_like(input_ids) for an unpadded prompt).")
+        out = _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        setattr(module, _STATS_ATTR, _dense_stats(query, window, "attention mask: dense SDPA"))
+        return out
+
+    if sparse:
+        out, stats = tsa_attention(query, key, value, plan.tsa, plan.prefill_backend, scale=scaling,
+                                   impl=plan.impl)
+    else:
+        out = get_backend(plan.prefill_backend)(query, key, value, scale=scaling).transpose(1, 2)
+        stats = _dense_stats(query, window, "layer not selected" if plan.tsa is not None
+                             else f"method {plan.method!r} runs no TSA")
+    setattr(module, _STATS_ATTR, stats)
+    return out, None
+
+
+def register_tsa_attention() -> str:
+    """Register ``"tsa"`` with transformers' attention and mask interfaces (idempotent).
+
+    The mask builder is transformers' SDPA one: it returns ``None`` for a plain causal
+    prefill or decode step (so TSA and the fast kernels run) and a boolean mask whenever
+    padding or a short sliding window makes attention non-causal (so it is never dropped
+    silently). Returns the implementation name to pass as ``attn_implementation``.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if AttentionInterface._global_mapping.get(ATTN_NAME) is not tsa_attention_forward:
+        AttentionInterface.register(ATTN_NAME, tsa_attention_forward)
+    if AttentionMaskInterface._global_mapping.get(ATTN_NAME) is not sdpa_mask:
+        AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+    return ATTN_NAME
+
+
+def attention_modules(model: torch.nn.Module):
+    """``(layer_idx, module)`` of every attention module that dispatches by ``config``."""
+    for mod in model.modules():
+        if isinstance(getattr(mod, "layer_idx", None), int) and hasattr(mod, "config") \
+                and any(hasattr(mod, p) for p in ("q_proj", "qkv_proj", "query_key_value")):
+            yield mod.layer_idx, mod
+
+
+def last_stats(model: torch.nn.Module) -> Dict[int, TSAStats]:
+    """Per-layer :class:`~tsa_core.TSAStats` of the most recent prefill forward.
+
+    Decode steps do not overwrite them. Layers that did not run TSA report ``dense=True``
+    with the reason (not selected, prompt shorter than ``min_keep + window``, tau = 0, mask).
+    Empty before the first prefill.
+    """
+    out: Dict[int, TSAStats] = {}
+    for idx, mod in attention_modules(model):
+        stats = getattr(mod, _STATS_ATTR, None)
+        if stats is not None:
+            out[idx] = stats
+    return dict(sorted(out.items()))
+
+
+def clear_stats(model: torch.nn.Module) -> None:
+    for _, mod in attention_modules(model):
+        if hasattr(mod, _STATS_ATTR):
+            delattr(mod, _STATS_ATTR)
+
+
+def summarize_stats(stats: Dict[int, TSAStats], sparse_layers) -> Dict[str, float]:
+    """Aggregates over the selected layers (batch element 0 .. B-1 averaged).
+
+    ``keep_fraction``/``sparsity``: mean over the selected layers (dense fallbacks count as
+    keep 1 / sparsity 0); ``fallback_layers``: selected layers that ran dense.
+    """
+    sel = [stats[i] for i in sparse_layers if i in stats]
+    if not sel:
+        return {"layers": 0, "keep_fraction": 1.0, "sparsity": 0.0, "fallback_layers": 0}
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "layers": len(sel),
+        "keep_fraction": mean([mean(s.keep_fraction) for s in sel]),
+        "sparsity": mean([mean(s.sparsity) for s in sel]),
+        "fallback_layers": sum(1 for s in sel if s.dense),
+    }

@@ -1,0 +1,236 @@
+"""Load a causal LM with the ``"tsa"`` attention and configure which layers sparsify.
+
+``model`` may be a preset name (``llama-3.1-8b``, see ``tsa_bench/presets/``), a local
+directory with a ``config.json`` (and weights), or a Hugging Face id. ``weights="random"``
+builds the architecture from its config with random weights directly on ``device`` in
+``dtype`` (no checkpoint needed; attention is then near uniform, so benchmark speed with a
+forced ``keep_ratio``). ``weights="pretrained"`` loads the checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Tuple, Union
+
+import torch
+
+from tsa_core import TSAConfig
+from tsa_bench.hf.attention import (ATTN_NAME, SETTINGS_ATTR, TSAPlan, clear_stats, parse_method,
+                                    register_tsa_attention)
+from tsa_bench.hf.layers import (check_layers, find_profile, load_profile, parse_layer_spec,
+                                 second_half)
+from tsa_bench.hf.presets import Preset, find_preset
+
+log = logging.getLogger("tsa_bench.hf")
+
+WEIGHTS = ("pretrained", "random")
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+          "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+
+LayerSpec = Union[None, str, Iterable[int]]
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}") from None
+
+
+def model_config(model, weights: str = "pretrained"):
+    """``(transformers config, preset or None)`` for a preset name, local path or HF id."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(model, PretrainedConfig):
+        return copy.deepcopy(model), None
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a preset name, a local path or a Hugging Face id, got {model!r}")
+    preset = find_preset(model)
+    if preset is not None and not os.path.isdir(model) and (weights == "random" or preset.hf_id is None):
+        d = dict(preset.config)
+        return AutoConfig.for_model(d.pop("model_type"), **d), preset
+    return AutoConfig.from_pretrained(model), preset
+
+
+def num_decoder_layers(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n = getattr(text, "num_hidden_layers", None)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"cannot tell how many decoder layers {type(config).__name__} has")
+    return n
+
+
+def resolve_sparse_layers(spec: LayerSpec, num_layers: int, *, tsa_config: Optional[TSAConfig] = None,
+                          preset: Optional[Preset] = None, model_name: Optional[str] = None,
+                          weights: str = "pretrained") -> Tuple[Tuple[int, ...], str]:
+    """Which layers run TSA, and a sentence saying where the list came from.
+
+    Precedence: ``spec`` (indices, ``"15-30"``, ``"half"``, ``"preset"`` or a profile JSON
+    path) > ``tsa_config.sparse_layers`` > the preset's paper list > a saved profile of the
+    model measured with pretrained weights (``results/layers/``) > the second half of the
+    layers (the paper code's fallback; logged as a warning).
+    """
+    if isinstance(spec, str):
+        s = spec.strip()
+        if s.lower() in ("half", "second-half"):
+            return second_half(num_layers), f"second half of the {num_layers} layers (asked for)"
+        if s.lower() in ("preset", "paper"):
+            if preset is None or preset.sparse_layers is None:
+                raise ValueError(f"sparse_layers='{s}': model {model_name!r} has no preset layer list")
+            return check_layers(preset.sparse_layers, num_layers), f"preset {preset.name}: {preset.sparse_layers_source}"
+        if s.endswith(".json") or os.path.isfile(s):
+            prof = load_profile(s)
+            return check_layers(prof["sparse_layers"], num_layers), f"profile {s}"
+        return check_layers(parse_layer_spec(s), num_layers), "given explicitly"
+    if spec is not None:
+        return check_layers(list(spec), num_layers), "given explicitly"
+    if tsa_config is not None and tsa_config.sparse_layers is not None:
+        return check_layers(tsa_config.sparse_layers, num_layers), "TSAConfig.sparse_layers"
+    if preset is not None and preset.sparse_layers is not None:
+        if preset.num_layers != num_layers:
+            raise ValueError(f"preset {preset.name} lists layers of a {preset.num_layers}-layer model, "
+                             f"this model has {num_layers}")
+        return check_layers(preset.sparse_layers, num_layers), f"preset {preset.name}: {preset.sparse_layers_source}"
+    if model_name and weights == "pretrained":
+        path = find_profile(model_name)
+        if path is not None:
+            return check_layers(load_profile(path)["sparse_layers"], num_layers), f"profile {path}"
+    layers = second_half(num_layers)
+    log.warning("no layer profile for %s: TSA runs in the second half of its %d layers (%d-%d), the "
+                "paper code's fallback; run `tsa-bench profile-layers --model %s` to choose by drift",
+                model_name or "this model", num_layers, layers[0], layers[-1], model_name or "M")
+    return layers, f"fallback: second half of the {num_layers} layers (no profile)"
+
+
+def check_attention_support(model) -> None:
+    """ValueError unless the model (or model class) routes attention through transformers'
+    AttentionInterface."""
+    cls = model if isinstance(model, type) else type(model)
+    if not getattr(cls, "_supports_attention_backend", False):
+        raise ValueError(
+            f"{cls.__name__} does not dispatch attention through transformers' AttentionInterface "
+            "(its _supports_attention_backend is False), so the 'tsa' attention cannot be plugged in; "
+            "supported families include Llama, Mistral, Qwen2 and Qwen3")
+
+
+def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Optional[TSAConfig] = None,
+                  dense_backend: str = "sdpa", sparse_layers: LayerSpec = None, impl: str = "auto",
+                  model_name: Optional[str] = None, weights: str = "pretrained") -> TSAPlan:
+    """(Re)configure a loaded model: method, TSA hyper-parameters, sparse layers.
+
+    Cheap (no reload), so a benchmark can switch one model between methods. Stores the
+    settings on ``model.config.tsa_settings`` and switches the model to the ``"tsa"``
+    attention if it is not there yet. Returns the resolved :class:`TSAPlan`.
+    """
+    register_tsa_attention()
+    check_attention_support(model)
+    if impl not in ("auto", "triton", "naive"):
+        raise ValueError(f"impl must be 'auto', 'triton' or 'naive', got {impl!r}")
+    if tsa_config is not None and not isinstance(tsa_config, TSAConfig):
+        raise ValueError(f"tsa_config must be a tsa_core.TSAConfig or None, got {type(tsa_config).__name__}")
+    canon, prefill_backend, uses_tsa = parse_method(method, dense_backend)
+    config = model.config
+    n_layers = num_decoder_layers(config)
+    preset = find_preset(model_name) if model_name else None
+    if uses_tsa:
+        cfg = tsa_config or TSAConfig(tau=preset.tau if preset else TSAConfig.tau)
+        layers, source = resolve_sparse_layers(sparse_layers, n_layers, tsa_config=cfg, preset=preset,
+                                               model_name=model_name, weights=weights)
+        tsa = TSAConfig(tau=cfg.tau, window=cfg.window, pool_kernel=cfg.pool_kernel, min_keep=cfg.min_keep,
+                        keep_ratio=cfg.keep_ratio, sparse_layers=layers)
+    else:
+        if sparse_layers is not None:                      # validated even though unused
+            resolve_sparse_layers(sparse_layers, n_layers, preset=preset, model_name=model_name)
+        tsa, layers, source = None, (), f"method {canon!r} runs no TSA"
+    plan = TSAPlan(method=canon, prefill_backend=prefill_backend, dense_backend=dense_backend, tsa=tsa,
+                   sparse_layers=layers, impl=impl, layer_source=source)
+    settings = plan.to_dict()
+    targets = [config]
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text is not config:
+        targets.append(text)
+    for c in targets:
+        setattr(c, SETTINGS_ATTR, settings)
+    if getattr(config, "_attn_implementation", None) != ATTN_NAME:
+        model.set_attn_implementation(ATTN_NAME)
+    clear_stats(model)
+    return plan
+
+
+def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] = None,
+               dense_backend: str = "sdpa", weights: str = "pretrained", dtype=torch.bfloat16,
+               device="cpu", sparse_layers: LayerSpec = None, impl: str = "auto", seed: int = 0,
+               tokenizer: Optional[bool] = None):
+    """Build or load a causal LM running the ``"tsa"`` attention.
+
+    Args:
+        model: preset name, local path, Hugging Face id (or a transformers config object).
+        method: ``"dense"``, ``"tsa"``, ``"<backend>"`` or ``"<backend>+tsa"`` (registry names).
+        tsa_config: TSA hyper-parameters (default: paper defaults, the preset's tau).
+        dense_backend: registry dense kernel used for prefill by ``"dense"`` and ``"tsa"``.
+        weights: ``"pretrained"`` (load the checkpoint) or ``"random"`` (build from config).
+        dtype, device: where the weights live; random weights are created there directly.
+        sparse_layers: see :func:`resolve_sparse_layers`.
+        impl: TSA ops, ``"auto"``, ``"triton"`` or ``"naive"``.
+        seed: random-weight seed (the global RNG is left untouched).
+        tokenizer: load the tokenizer (default: when loading pretrained weights).
+
+    Returns:
+        ``(model, tokenizer or None)``; the model is in eval mode, its plan readable from
+        ``model.config.tsa_settings``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    dtype = resolve_dtype(dtype)
+    device = torch.device(device)
+    register_tsa_attention()
+    parse_method(method, dense_backend)                      # fail before any loading
+    config, preset = model_config(model, weights)
+    name = model if isinstance(model, str) else getattr(config, "name_or_path", "") or config.model_type
+    cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if cls is None:
+        raise ValueError(f"model type {config.model_type!r} has no causal-LM class in transformers")
+    check_attention_support(cls)
+    if weights == "random":
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.device(device):
+            torch.manual_seed(seed)
+            lm = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTN_NAME)
+    else:
+        source = preset.hf_id if (preset is not None and preset.hf_id and not os.path.isdir(str(model))) else model
+        kw = {} if device.type == "cpu" else {"device_map": str(device)}
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=ATTN_NAME, **kw)
+    lm.eval()
+    configure_tsa(lm, method=method, tsa_config=tsa_config, dense_backend=dense_backend,
+                  sparse_layers=sparse_layers, impl=impl, model_name=name, weights=weights)
+    tok = None
+    want_tok = (weights == "pretrained") if tokenizer is None else tokenizer
+    if want_tok and isinstance(model, str):
+        source = preset.hf_id if (preset is not None and preset.hf_id and not os.path.isdir(model)) else model
+        local_without = os.path.isdir(source) and not any(
+            (Path(source) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+        if local_without:
+            log.info("%s has no tokenizer files; returning None", source)
+            return lm, None
+        try:
+            tok = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as exc:
+            log.warning("no tokenizer for %s (%s); returning None", source, exc)
+    return lm, tok
+
+
+def tsa_plan(model: torch.nn.Module) -> TSAPlan:
+    """The plan a model currently runs (ValueError if it was never configured)."""
+    from tsa_bench.hf.attention import plan_from_settings
+
+    settings = getattr(model.config, SETTINGS_ATTR, None)
+    if settings is None:
+        raise ValueError("this model has no TSA settings; use load_model or configure_tsa")
+    return plan_from_settings(settings)

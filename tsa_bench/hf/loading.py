@@ -203,6 +203,9 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
         with torch.random.fork_rng(devices=devices), torch.device(device):
             torch.manual_seed(seed)
             lm = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=ATTN_NAME)
+        stray = {t.device for t in (*lm.parameters(), *lm.buffers())} - {_canonical(device)}
+        if stray:                         # a tensor created with an explicit device: move it
+            lm.to(device)
     else:
         source = preset.hf_id if (preset is not None and preset.hf_id and not os.path.isdir(str(model))) else model
         kw = {} if device.type == "cpu" else {"device_map": str(device)}
@@ -224,6 +227,12 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
         except (OSError, ValueError) as exc:
             log.warning("no tokenizer for %s (%s); returning None", source, exc)
     return lm, tok
+
+
+def _canonical(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def tsa_plan(model: torch.nn.Module) -> TSAPlan:

@@ -135,6 +135,35 @@ class Run:
         return time.time() - self.t0
 
 
+def out_sdpa_ref(q, k, v, run):
+    """SDPA-flash output of the first heads, to validate cuDNN (PEERS.md §7.2 corruption report)."""
+    try:
+        return sdpa_attention(q[:, :8], k[:, :2], v[:, :2], scale=run.scale, sdpa_backend="FLASH_ATTENTION")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def dense_baseline(run, q, k, v, sdpa_backend, name, check_against=None):
+    """Time one SDPA backend with native GQA; if it refuses GQA, with K/V expanded (noted)."""
+    G = q.shape[1] // k.shape[1]
+    for expand in (False, True):
+        kk = k.repeat_interleave(G, dim=1) if expand else k
+        vv = v.repeat_interleave(G, dim=1) if expand else v
+        label = name + ("-expanded-kv" if expand else "")
+        try:
+            res = sdpa_attention(q, kk, vv, scale=run.scale, sdpa_backend=sdpa_backend)
+            if check_against is not None:
+                err = rms_ratio(res[:, :8], check_against)
+                run.metric("check_rms_ratio_vs_sdpa_flash", err, "dense", "check", backend=label,
+                           checked=err < 1e-2)
+            del res
+            return run.time(lambda: sdpa_attention(q, kk, vv, scale=run.scale, sdpa_backend=sdpa_backend),
+                            "dense", "attention", label)
+        except Exception as e:  # noqa: BLE001 - record why the baseline is missing
+            print(f"  {label} failed: {type(e).__name__}: {str(e)[:200]}")
+    return None
+
+
 def part_kernel(run: Run):
     dev, B, Hq, Hkv, L, D, bs = run.device, run.B, run.Hq, run.Hkv, run.L, run.D, run.bs
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -165,23 +194,12 @@ def part_kernel(run: Run):
     run.metric("check_rms_ratio", worst, "block-sparse", "check", backend="triton", checked=ok)
     run.metric("check_rms_ratio_dtype_floor", worst_base, "block-sparse", "check", backend="reference")
 
-    t_flash = t_cudnn = None
-    if run.tiny:
+    t_cudnn = None
+    t_flash = dense_baseline(run, q, k, v, "FLASH_ATTENTION", "sdpa-flash")
+    if "cudnn" not in run.skip:
+        t_cudnn = dense_baseline(run, q, k, v, "CUDNN_ATTENTION", "sdpa-cudnn", check_against=out_sdpa_ref(q, k, v, run))
+    if t_flash is None and run.tiny:
         t_flash = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale), "dense", "attention", "sdpa")
-    else:
-        try:
-            t_flash = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale, sdpa_backend="FLASH_ATTENTION"),
-                               "dense", "attention", "sdpa-flash")
-        except Exception as e:  # noqa: BLE001 - record why the baseline is missing
-            print(f"  sdpa-flash failed: {e!r}")
-        if "cudnn" not in run.skip:
-            try:
-                ref_out = sdpa_attention(q, k, v, scale=run.scale, sdpa_backend="CUDNN_ATTENTION")
-                t_cudnn = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale, sdpa_backend="CUDNN_ATTENTION"),
-                                   "dense", "attention", "sdpa-cudnn")
-                del ref_out
-            except Exception as e:  # noqa: BLE001
-                print(f"  sdpa-cudnn failed: {e!r}")
     t_bs = run.time(lambda: block_sparse_attention(q, k, v, pattern, scale=run.scale, out=out),
                     "block-sparse", "attention", "triton", keep_ratio=round(dens, 4))
     full = BlockPattern.dense(B, Hq, L, bs, dev)
@@ -248,20 +266,20 @@ def part_methods(run: Run, t_flash):
         ok = run.gate("flexprefill-estimation", agree >= 0.99)
         run.metric("pattern_agreement_vs_naive", agree, "flexprefill", "check", backend="triton", checked=ok)
         del pn
-    if not run.tiny:      # where FlexPrefill's estimation time goes (profiles vs selection)
-        from tsa_core.sparse.flexprefill import kernel as fpk
-        from tsa_core.sparse.flexprefill.naive import select_from_profiles
-        nq = min(prm.block_size, L)
-        vert, sl = fpk.profiles_triton(q, k, nq, run.scale)
-        run.time(lambda: fpk.profiles_triton(q, k, nq, run.scale), "flexprefill", "est_profiles", "triton",
-                 workload="synthetic")
-        run.time(lambda: select_from_profiles(q, k, vert, sl, prm, run.scale), "flexprefill", "est_select",
-                 "torch", workload="synthetic")
-        run.time(lambda: fpk.profiles_triton(q, k, nq, run.scale, slash_mode="skew"), "flexprefill",
-                 "est_profiles", "triton-skew", workload="synthetic")
-        run.metric("gather_kernel_ok", float(not fpk._GATHER_BROKEN), "flexprefill", "est_profiles",
-                   backend="triton")
-        del vert, sl
+    # where FlexPrefill's estimation time goes (profiles vs selection)
+    from tsa_core.sparse.flexprefill import kernel as fpk
+    from tsa_core.sparse.flexprefill.naive import select_from_profiles
+    nq = min(prm.block_size, L)
+    vert, sl = fpk.profiles_triton(q, k, nq, run.scale)
+    run.time(lambda: fpk.profiles_triton(q, k, nq, run.scale), "flexprefill", "est_profiles", "triton",
+             workload="synthetic")
+    run.time(lambda: select_from_profiles(q, k, vert, sl, prm, run.scale), "flexprefill", "est_select",
+             "torch", workload="synthetic")
+    run.time(lambda: fpk.profiles_triton(q, k, nq, run.scale, slash_mode="skew"), "flexprefill",
+             "est_profiles", "triton-skew", workload="synthetic")
+    run.metric("gather_kernel_ok", float(not fpk._GATHER_BROKEN), "flexprefill", "est_profiles",
+               backend="triton")
+    del vert, sl
     totals = {}
     for method in ("flexprefill", "xattention", "minference"):
         if method in run.skip or (run.elapsed() > 270 and method != "flexprefill"):

@@ -127,3 +127,23 @@ def test_flex_executor_matches_triton_gpu(name):
     a = run_with_pattern(q, k, v, pattern, executor="triton")
     b = run_with_pattern(q, k, v, pattern, executor="flex")
     assert ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt()).item() < 1e-2
+
+
+def test_flex_block_mask_holds_the_same_blocks(qkv):
+    """The FlexAttention BlockMask built from the lists marks exactly the pattern's blocks
+    (diagonal blocks partial, the others full); construction only, no kernel."""
+    from tsa_core.sparse.methods import _flex_block_mask
+    q, k, _ = qkv
+    pattern = estimate_pattern("xattention", q[:, :, :64], k[:, :, :64], impl="naive", **SMALL["xattention"])
+    bm = _flex_block_mask(pattern, "cpu")
+    n = pattern.num_blocks
+    eye = torch.eye(n, dtype=torch.bool)
+    part = torch.zeros_like(pattern.block_mask)
+    full = torch.zeros_like(pattern.block_mask)
+    for b in range(pattern.batch):
+        for h in range(pattern.heads):
+            for r in range(n):
+                part[b, h, r, bm.kv_indices[b, h, r, : bm.kv_num_blocks[b, h, r]].long()] = True
+                full[b, h, r, bm.full_kv_indices[b, h, r, : bm.full_kv_num_blocks[b, h, r]].long()] = True
+    assert torch.equal(part, pattern.block_mask & eye)
+    assert torch.equal(full, pattern.block_mask & ~eye)

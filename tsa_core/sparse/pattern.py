@@ -144,7 +144,8 @@ class BlockPattern:
             per_block = torch.zeros(self.cols.shape[:2] + (n,), device=self.cols.device, dtype=torch.float64)
             per_block.scatter_add_(-1, (self.cols // self.block_size).long(),
                                    torch.ones_like(self.cols, dtype=torch.float64))
-            inside = (self.block_mask.double() @ per_block.unsqueeze(-1)).sum((-1, -2))
+            rows_per_block = self.block_mask.sum(dim=-2, dtype=torch.float64)          # [B, H, n]
+            inside = (rows_per_block * per_block).sum(-1)
             active = active + (self.col_cnt.sum(-1).double() - inside) / self.block_size
         return (active / (n * (n + 1) / 2)).float()
 

@@ -166,7 +166,6 @@ class BlockPattern:
 
     def select(self, batch: slice = slice(None), heads: slice = slice(None)) -> "BlockPattern":
         """A view of some batch elements / heads (for checking a subset of heads)."""
-        pick = lambda t: None if t is None else t[batch, heads]  # noqa: E731
-        return BlockPattern(self.block_mask[batch, heads], self.kv_idx[batch, heads],
-                            self.kv_cnt[batch, heads], self.block_size, self.seq_len,
-                            pick(self.cols), pick(self.col_cnt))
+        pick = lambda t: None if t is None else t[batch, heads].contiguous()  # noqa: E731
+        return BlockPattern(pick(self.block_mask), pick(self.kv_idx), pick(self.kv_cnt), self.block_size,
+                            self.seq_len, pick(self.cols), pick(self.col_cnt))

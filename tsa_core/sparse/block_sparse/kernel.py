@@ -194,10 +194,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
     if out is None:
         out = torch.empty_like(q)
     has_cols = pattern.cols is not None
-    dummy = pattern.kv_cnt
-    args = (q, k, v, out, pattern.kv_idx, pattern.kv_cnt,
-            pattern.cols if has_cols else dummy, pattern.col_cnt if has_cols else dummy,
-            pattern.block_mask.view(torch.uint8) if has_cols else dummy,
+    kv_idx, kv_cnt = pattern.kv_idx.contiguous(), pattern.kv_cnt.contiguous()   # flat row indexing
+    args = (q, k, v, out, kv_idx, kv_cnt,
+            pattern.cols.contiguous() if has_cols else kv_cnt,
+            pattern.col_cnt.contiguous() if has_cols else kv_cnt,
+            pattern.block_mask.contiguous().view(torch.uint8) if has_cols else kv_cnt,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             L, D, pattern.kv_cnt.shape[-1], pattern.kv_idx.shape[-1],
             pattern.cols.shape[-1] if has_cols else 0, scale * _LOG2E)

@@ -155,3 +155,18 @@ def test_triton_ops_match_naive_inside_the_model():
         kept[impl] = last_stats(model)[1].kept
     assert kept["naive"] == kept["triton"] and kept["naive"][0] < 200
     torch.testing.assert_close(logits["triton"], logits["naive"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+@torch.no_grad()
+def test_decode_after_tsa_prefill_is_dense_over_the_full_cache(checkpoint):
+    """A decode step of the TSA model equals the plain SDPA model's step on the same cache."""
+    import copy
+
+    ids = _ids()
+    model = _tsa(checkpoint, tsa_config=FORCED, sparse_layers=[1, 3])
+    cache = model(ids, use_cache=True).past_key_values
+    nxt = _ids(1, seed=5)
+    got = model(nxt, past_key_values=copy.deepcopy(cache), use_cache=True).logits
+    ref = _plain(checkpoint)(nxt, past_key_values=copy.deepcopy(cache), use_cache=True).logits
+    assert torch.equal(got, ref)

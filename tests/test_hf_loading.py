@@ -141,3 +141,16 @@ def test_configure_switches_a_model_loaded_elsewhere():
     out = model(ids).logits
     assert [i for i, s in last_stats(model).items() if not s.dense] == [3]
     assert not torch.equal(out, ref)
+
+
+@torch.no_grad()
+def test_per_layer_configs_override_the_shared_one():
+    model, _ = load_model(tiny(), method="tsa", tsa_config=SMALL, sparse_layers=[2, 3], weights="random",
+                          dtype=torch.float32, impl="naive",
+                          layer_configs={3: TSAConfig(tau=0.0, window=16, min_keep=16, pool_kernel=3)})
+    model(_ids())
+    stats = last_stats(model)
+    assert not stats[2].dense
+    assert stats[3].dense and stats[3].reason == "tau = 0"
+    with pytest.raises(ValueError, match="not one of the sparse layers"):
+        configure_tsa(model, method="tsa", tsa_config=SMALL, sparse_layers=[2], layer_configs={3: SMALL})

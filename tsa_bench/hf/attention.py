@@ -53,15 +53,28 @@ class TSAPlan:
     sparse_layers: Tuple[int, ...]
     impl: str = "auto"
     layer_source: str = ""
+    layer_tsa: Tuple[Tuple[int, TSAConfig], ...] = ()   # per-layer overrides of ``tsa``
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
-        d["tsa"] = None if self.tsa is None else {f: getattr(self.tsa, f) for f in _TSA_FIELDS}
+        d["tsa"] = None if self.tsa is None else _tsa_fields(self.tsa)
         d["sparse_layers"] = list(self.sparse_layers)
+        d["layer_tsa"] = {str(i): _tsa_fields(c) for i, c in self.layer_tsa}
         return d
 
     def is_sparse(self, layer_idx: int) -> bool:
         return self.tsa is not None and layer_idx in self.sparse_layers
+
+    def config_for(self, layer_idx: int) -> Optional[TSAConfig]:
+        """The TSA hyper-parameters of one layer (its override, else the shared ones)."""
+        for i, cfg in self.layer_tsa:
+            if i == layer_idx:
+                return cfg
+        return self.tsa
+
+
+def _tsa_fields(cfg: TSAConfig) -> Dict[str, Any]:
+    return {f: getattr(cfg, f) for f in _TSA_FIELDS}
 
 
 def parse_method(method: str, dense_backend: str) -> Tuple[str, str, bool]:
@@ -91,15 +104,28 @@ def plan_from_settings(settings: Dict[str, Any]) -> TSAPlan:
     return _plan_from_json(json.dumps(settings, sort_keys=True))
 
 
+def _plan_of(module: torch.nn.Module, settings: Dict[str, Any]) -> TSAPlan:
+    """``plan_from_settings`` memoised on the module for this very settings object
+    (``configure_tsa`` always installs a new dict, so a reconfiguration is seen)."""
+    cached = module.__dict__.get("_tsa_plan_cache")
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    plan = plan_from_settings(settings)
+    module.__dict__["_tsa_plan_cache"] = (settings, plan)
+    return plan
+
+
 @functools.lru_cache(maxsize=64)
 def _plan_from_json(text: str) -> TSAPlan:
     d = json.loads(text)
     tsa = d.get("tsa")
     layers = tuple(int(i) for i in d.get("sparse_layers") or ())
     cfg = None if tsa is None else TSAConfig(**tsa, sparse_layers=layers)
+    overrides = tuple(sorted((int(i), TSAConfig(**c, sparse_layers=layers))
+                             for i, c in (d.get("layer_tsa") or {}).items()))
     return TSAPlan(method=d["method"], prefill_backend=d["prefill_backend"],
                    dense_backend=d["dense_backend"], tsa=cfg, sparse_layers=layers,
-                   impl=d.get("impl", "auto"), layer_source=d.get("layer_source", ""))
+                   impl=d.get("impl", "auto"), layer_source=d.get("layer_source", ""), layer_tsa=overrides)
 
 
 def _dense_stats(q: torch.Tensor, window: int, reason: str) -> TSAStats:
@@ -124,7 +150,7 @@ def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
         raise ValueError(
             "attn_implementation='tsa' needs model.config.tsa_settings; build the model with "
             "tsa_bench.hf.load_model(...) or call tsa_bench.hf.configure_tsa(model, ...)")
-    plan = plan_from_settings(settings)
+    plan = _plan_of(module, settings)
     layer_idx = getattr(module, "layer_idx", None)
     if layer_idx is None:
         raise ValueError(f"{type(module).__name__} has no layer_idx; TSA needs per-layer attention modules")
@@ -135,14 +161,15 @@ def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
     if getattr(module, "is_causal", True) is False:
         raise ValueError("the 'tsa' attention supports causal decoder self-attention only")
     q_len, k_len = query.shape[2], key.shape[2]
-    window = plan.tsa.window if plan.tsa is not None else 0
+    cfg = plan.config_for(layer_idx)
+    window = cfg.window if cfg is not None else 0
 
     if q_len != k_len or q_len == 1:                         # decode / chunked prefill: dense
         return _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
     sparse = plan.is_sparse(layer_idx)
     if attention_mask is not None:
-        if sparse and not plan.tsa.runs_dense(q_len):
+        if sparse and not cfg.runs_dense(q_len):
             raise ValueError(
                 f"layer {layer_idx}: TSA prefill got an attention mask (a padded batch, or a sliding "
                 f"window shorter than the {q_len}-token prompt); TSA supports unpadded causal prefill "
@@ -154,7 +181,7 @@ def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
         return out
 
     if sparse:
-        out, stats = tsa_attention(query, key, value, plan.tsa, plan.prefill_backend, scale=scaling,
+        out, stats = tsa_attention(query, key, value, cfg, plan.prefill_backend, scale=scaling,
                                    impl=plan.impl)
     else:
         out = get_backend(plan.prefill_backend)(query, key, value, scale=scaling).transpose(1, 2)

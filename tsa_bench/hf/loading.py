@@ -12,7 +12,7 @@ import copy
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Tuple, Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 import torch
 
@@ -119,8 +119,12 @@ def check_attention_support(model) -> None:
 
 def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Optional[TSAConfig] = None,
                   dense_backend: str = "sdpa", sparse_layers: LayerSpec = None, impl: str = "auto",
-                  model_name: Optional[str] = None, weights: str = "pretrained") -> TSAPlan:
+                  model_name: Optional[str] = None, weights: str = "pretrained",
+                  layer_configs: Optional[Dict[int, TSAConfig]] = None) -> TSAPlan:
     """(Re)configure a loaded model: method, TSA hyper-parameters, sparse layers.
+
+    ``layer_configs`` maps some sparse layers to their own :class:`TSAConfig` (tau, window,
+    keep ratio, ...); the other sparse layers use ``tsa_config``.
 
     Cheap (no reload), so a benchmark can switch one model between methods. Stores the
     settings on ``model.config.tsa_settings`` and switches the model to the ``"tsa"``
@@ -142,12 +146,22 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
                                                model_name=model_name, weights=weights)
         tsa = TSAConfig(tau=cfg.tau, window=cfg.window, pool_kernel=cfg.pool_kernel, min_keep=cfg.min_keep,
                         keep_ratio=cfg.keep_ratio, sparse_layers=layers)
+        overrides = []
+        for i, c in sorted((layer_configs or {}).items()):
+            if i not in layers:
+                raise ValueError(f"layer_configs: layer {i} is not one of the sparse layers {list(layers)}")
+            if not isinstance(c, TSAConfig):
+                raise ValueError(f"layer_configs[{i}] must be a TSAConfig, got {type(c).__name__}")
+            overrides.append((i, c))
     else:
+        if layer_configs:
+            raise ValueError(f"layer_configs given but method {canon!r} runs no TSA")
+        overrides = []
         if sparse_layers is not None:                      # validated even though unused
             resolve_sparse_layers(sparse_layers, n_layers, preset=preset, model_name=model_name)
         tsa, layers, source = None, (), f"method {canon!r} runs no TSA"
     plan = TSAPlan(method=canon, prefill_backend=prefill_backend, dense_backend=dense_backend, tsa=tsa,
-                   sparse_layers=layers, impl=impl, layer_source=source)
+                   sparse_layers=layers, impl=impl, layer_source=source, layer_tsa=tuple(overrides))
     settings = plan.to_dict()
     targets = [config]
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -164,7 +178,7 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
 def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] = None,
                dense_backend: str = "sdpa", weights: str = "pretrained", dtype=torch.bfloat16,
                device="cpu", sparse_layers: LayerSpec = None, impl: str = "auto", seed: int = 0,
-               tokenizer: Optional[bool] = None):
+               tokenizer: Optional[bool] = None, layer_configs: Optional[Dict[int, TSAConfig]] = None):
     """Build or load a causal LM running the ``"tsa"`` attention.
 
     Args:
@@ -178,6 +192,7 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
         impl: TSA ops, ``"auto"``, ``"triton"`` or ``"naive"``.
         seed: random-weight seed (the global RNG is left untouched).
         tokenizer: load the tokenizer (default: when loading pretrained weights).
+        layer_configs: per-layer :class:`TSAConfig` overrides (see :func:`configure_tsa`).
 
     Returns:
         ``(model, tokenizer or None)``; the model is in eval mode, its plan readable from
@@ -212,7 +227,8 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
         lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=ATTN_NAME, **kw)
     lm.eval()
     configure_tsa(lm, method=method, tsa_config=tsa_config, dense_backend=dense_backend,
-                  sparse_layers=sparse_layers, impl=impl, model_name=name, weights=weights)
+                  sparse_layers=sparse_layers, impl=impl, model_name=name, weights=weights,
+                  layer_configs=layer_configs)
     tok = None
     want_tok = (weights == "pretrained") if tokenizer is None else tokenizer
     if want_tok and isinstance(model, str):

@@ -1,0 +1,265 @@
+"""RULER generator: determinism, the token budget, recoverable answers, structure vs the spec."""
+import hashlib
+import json
+import re
+
+import pytest
+
+from tasks.ruler import tasks as T
+from tasks.ruler.generate import Generator, GenConfig, count_tokens, encode_prompt, prompt_of
+from tasks.ruler.toy_tokenizer import build_tokenizer
+
+GEN = GenConfig(data="generated", words="builtin")
+LENGTHS = (1024, 2048, 4096)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def generated(tok, tmp_path_factory):
+    """All 13 tasks at three lengths, 3 samples each, generated once for the module."""
+    gen = Generator(tok, GEN, cache_dir=tmp_path_factory.mktemp("ruler"), log=lambda m: None)
+    return gen, gen.generate(list(T.TASKS), LENGTHS, 3)
+
+
+def _digest(paths):
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_and_tokenizer_give_identical_files(tok, tmp_path):
+    tasks = ["niah_single_2", "niah_multikey_3", "vt", "cwe", "fwe", "qa_2"]
+    digests = []
+    for sub in ("a", "b"):
+        gen = Generator(tok, GEN, cache_dir=tmp_path / sub, log=lambda m: None)
+        gen.generate(tasks, [2048], 3)
+        digests.append(_digest([gen.path(t, 2048) for t in tasks]))
+    assert digests[0] == digests[1]
+    other = Generator(tok, GenConfig(data="generated", words="builtin", seed=7), cache_dir=tmp_path / "c",
+                      log=lambda m: None)
+    other.generate(tasks, [2048], 3)
+    assert _digest([other.path(t, 2048) for t in tasks]) != digests[0]
+
+
+def test_more_samples_extend_a_cached_file_without_changing_it(tok, tmp_path):
+    gen = Generator(tok, GEN, cache_dir=tmp_path, log=lambda m: None)
+    first = gen.samples("niah_multivalue", 2048, 2)
+    more = gen.samples("niah_multivalue", 2048, 4)
+    assert more[:2] == first and len(more) == 4
+    fresh = Generator(tok, GEN, cache_dir=tmp_path / "fresh", log=lambda m: None).samples("niah_multivalue", 2048, 4)
+    assert fresh == more
+
+
+@pytest.mark.parametrize("length", LENGTHS, ids=[f"L{n}" for n in LENGTHS])
+def test_every_sample_fits_the_budget_and_is_close_to_it(generated, tok, length):
+    gen, data = generated
+    for task in T.TASKS:
+        for s in data[(task, length)]:
+            ids = encode_prompt(tok, prompt_of(s))
+            assert len(ids) == s["length"], s["id"]
+            assert len(ids) + s["tokens_to_generate"] <= length, s["id"]
+            # close: within 8% (QA documents and needle lines are large units at these short lengths)
+            assert len(ids) + s["tokens_to_generate"] >= 0.92 * length, (s["id"], len(ids))
+
+
+def test_long_essay_samples_are_within_a_few_tokens_of_the_budget(tok, tmp_path):
+    gen = Generator(tok, GEN, cache_dir=tmp_path, log=lambda m: None)
+    for s in gen.samples("niah_single_2", 16384, 3):
+        gap = 16384 - (count_tokens(tok, prompt_of(s)) + s["tokens_to_generate"])
+        assert 0 <= gap <= 8, gap
+
+
+def test_answers_are_recoverable_from_the_input(generated):
+    _, data = generated
+    for (task, length), samples in data.items():
+        spec = T.TASKS[task]
+        for s in samples:
+            text = s["input"]
+            if spec.kind == "niah":
+                for v in s["outputs"]:
+                    assert f"is: {v}." in text, (s["id"], v)
+            elif spec.kind == "vt":
+                names = s["outputs"]
+                first = re.search(rf"VAR {names[0]} = (\d+)", text.split("\n\n", 2)[-1]).group(1)
+                assert f"value {first}" in s["answer_prefix"]
+                for a, b in zip(names, names[1:]):
+                    assert f"VAR {b} = VAR {a}" in text
+            elif spec.kind == "cwe":
+                main = text.split("Question: What are the 10 most common words in the above list?")[1]
+                counts = {}
+                for w in re.findall(r"\d+\. (\S+)", main):
+                    counts[w] = counts.get(w, 0) + 1
+                top = sorted(counts, key=counts.get, reverse=True)[:10]
+                assert sorted(top) == sorted(s["outputs"])
+            elif spec.kind == "fwe":
+                words = text.split("coded words. ", 1)[1].split("\nQuestion:")[0].split()
+                counts = {}
+                for w in words:
+                    counts[w] = counts.get(w, 0) + 1
+                ranked = sorted(counts, key=counts.get, reverse=True)
+                assert ranked[0] == "..." and sorted(ranked[1:4]) == sorted(s["outputs"])
+            else:
+                assert any(a in text for a in s["outputs"]), s["id"]
+
+
+def test_records_carry_id_source_depth_and_prefix(generated):
+    _, data = generated
+    s = data[("niah_single_2", 2048)][1]
+    assert s["id"] == "niah_single_2-2048-00001"
+    assert s["source"].startswith("generated-prose-v1")
+    assert len(s["depth"]) == 1 and 0 <= s["depth"][0] <= 100
+    assert s["answer_prefix"].startswith(" The special magic number for ")
+    assert data[("qa_1", 2048)][0]["source"].startswith("generated-qa-v1")
+    assert data[("niah_single_1", 2048)][0]["source"].startswith("noise")
+
+
+def test_chat_template_is_applied_and_counted(tok, tmp_path):
+    gen = Generator(tok, GenConfig(template="chat", data="generated", words="builtin"), cache_dir=tmp_path,
+                    log=lambda m: None)
+    for s in gen.samples("niah_single_1", 2048, 2):
+        assert s["input"].startswith("<s><|user|>\n") and s["input"].endswith("<|assistant|>\n")
+        ids = encode_prompt(tok, prompt_of(s))
+        assert ids.count(tok.bos_token_id) == 1            # BOS from the template only, never doubled
+        assert len(ids) == s["length"] and len(ids) + 128 <= 2048
+
+
+def test_tokenizers_without_additive_pieces_fall_back_to_exact_counts(tok, tmp_path):
+    """A tokenizer that merges across spaces breaks piece counting: the generator must notice."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tasks.ruler.toy_tokenizer import _corpus
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.Split(pattern="\n", behavior="isolated")   # spaces inside tokens
+    raw.train_from_iterator(_corpus(8000), trainers.BpeTrainer(
+        vocab_size=1500, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        special_tokens=["<s>"]))
+    merging = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>")
+    notes = []
+    gen = Generator(merging, GEN, cache_dir=tmp_path, log=notes.append)
+    for s in gen.samples("niah_single_2", 1024, 2):
+        assert count_tokens(merging, prompt_of(s)) == s["length"]
+        assert s["length"] + 128 <= 1024
+    assert any("differ from full tokenisation" in n for n in notes)
+
+
+def test_too_short_length_is_a_clear_error(tok, tmp_path):
+    gen = Generator(tok, GEN, cache_dir=tmp_path, log=lambda m: None)
+    with pytest.raises(ValueError, match="too short"):
+        gen.samples("vt", 512, 1)
+    with pytest.raises(ValueError, match="unknown RULER task"):
+        gen.samples("niah_single_9", 1024, 1)
+
+
+def test_real_data_required_but_missing_says_so(tok, tmp_path, monkeypatch):
+    monkeypatch.delenv("TSA_RULER_SQUAD", raising=False)
+    from tasks.ruler import sources
+    monkeypatch.setattr(sources, "_hf_dataset", lambda *a, **k: None)
+    gen = Generator(tok, GenConfig(data="real"), cache_dir=tmp_path, log=lambda m: None)
+    with pytest.raises(sources.SourceUnavailable, match="--squad"):
+        gen.samples("qa_1", 1024, 1)
+
+
+def test_local_squad_file_is_used(tok, tmp_path, monkeypatch):
+    squad = {"data": [{"title": "T", "paragraphs": [
+        {"context": "The Zorblat river flows past Quimby. It is 40 km long.",
+         "qas": [{"question": "Which river flows past Quimby?", "answers": [{"text": "Zorblat"}, {"text": "The Zorblat river"}],
+                  "is_impossible": False},
+                 {"question": "Unanswerable?", "answers": [], "is_impossible": True}]},
+        {"context": "Quimby has a bakery.", "qas": []}]}]}
+    path = tmp_path / "dev-v2.0.json"
+    path.write_text(json.dumps(squad))
+    gen = Generator(tok, GenConfig(data="real", squad=str(path), words="builtin"), cache_dir=tmp_path / "c",
+                    log=lambda m: None)
+    (s,) = gen.samples("qa_1", 1024, 1)
+    assert s["source"].startswith("squad:file:dev-v2.0.json")
+    assert s["outputs"] == ["Zorblat", "The Zorblat river"]
+    assert "Question: Which river flows past Quimby?" in s["input"]
+
+
+def test_niah_structure_matches_the_ruler_spec(generated):
+    """PEERS.md §5.1: template wording, needle sentence, key/value formats, singular/plural."""
+    _, data = generated
+    uuid_re = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+    s1 = data[("niah_single_1", 2048)][0]
+    assert s1["input"].startswith("A special magic number is hidden within the following text. Make sure to "
+                                  "memorize it. I will quiz you about the number afterwards.\n")
+    assert s1["input"].count(T.NOISE_LINE) > 10
+    assert re.fullmatch(r"\d{7}", s1["outputs"][0])
+    key = re.search(r"What is the special magic number for (\S+) mentioned in the provided text\?$",
+                    s1["input"]).group(1)
+    assert re.fullmatch(r"[a-z]+-[a-z]+", key)
+    assert f"One of the special magic numbers for {key} is: {s1['outputs'][0]}." in s1["input"]
+    assert s1["answer_prefix"] == f" The special magic number for {key} mentioned in the provided text is"
+    s3 = data[("niah_single_3", 2048)][0]
+    assert re.fullmatch(uuid_re, s3["outputs"][0])
+    mk3 = data[("niah_multikey_3", 2048)][0]
+    assert re.fullmatch(uuid_re, mk3["outputs"][0])
+    assert len(re.findall(r"One of the special magic uuids for " + uuid_re, mk3["input"])) > 3
+    mv = data[("niah_multivalue", 2048)][0]
+    assert len(mv["outputs"]) == 4 and mv["input"].startswith("Some special magic numbers are hidden")
+    assert mv["answer_prefix"].endswith("mentioned in the provided text are")
+    mq = data[("niah_multiquery", 2048)][0]
+    assert len(mq["outputs"]) == 4 and ", and " in mq["answer_prefix"]
+    mk1 = data[("niah_multikey_1", 2048)][0]
+    assert mk1["input"].count("One of the special magic numbers for ") == 4      # 1 needle + 3 distractors
+
+
+def _lm_eval_ruler_source(name):
+    import importlib.util
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None:
+        pytest.skip("lm-eval is not installed")
+    from pathlib import Path
+    path = Path(spec.origin).parent / "tasks" / "ruler" / name
+    if not path.exists():
+        pytest.skip(f"lm-eval has no {path}")
+    return path.read_text()
+
+
+def test_templates_match_lm_eval_port_strings():
+    """Our task strings equal the ones in lm-eval's port (read from its source, not imported:
+    importing it builds 6M word pairs and tries to download nltk data)."""
+    niah = _lm_eval_ruler_source("niah_utils.py")
+    assert T.NIAH_TEMPLATE.replace("{type_v}", "{type_needle_v}") in niah.replace("\\n", "\n")
+    prep = _lm_eval_ruler_source("prepare_niah.py")
+    assert T.NEEDLE.replace("{type_v}", "{type_needle_v}") in prep
+    assert T.NOISE_LINE in prep
+    assert "The special magic {type_needle_v} for {query} mentioned in the provided text are" in prep
+    for fname, pieces in {"vt_utils.py": (T.VT_TEMPLATE, T.VT_PREFIX), "cwe_utils.py": (T.CWE_TEMPLATE, T.CWE_PREFIX),
+                          "fwe_utils.py": (T.FWE_TEMPLATE, T.FWE_PREFIX), "qa_utils.py": (T.QA_TEMPLATE,)}.items():
+        src = _lm_eval_ruler_source(fname).replace("\\n", "\n")
+        for piece in pieces:
+            assert piece in src, (fname, piece[:40])
+
+
+@pytest.mark.slow
+def test_niah_structure_matches_lm_eval_port(tok, generated, monkeypatch):
+    """Cross-check with lm-eval's RULER port (noise haystack; no network, no nltk data).
+    Slow (about a minute): importing the port builds its 6M-entry word list."""
+    nltk = pytest.importorskip("nltk")
+    pytest.importorskip("wonderwords")
+    monkeypatch.setattr(nltk.data, "find", lambda *a, **k: "stub")          # skip its punkt download
+    prep = pytest.importorskip("lm_eval.tasks.ruler.prepare_niah")
+    from lm_eval.tasks.ruler.niah_utils import TEMPLATE
+    theirs = prep.generate_samples(prep.get_haystack(type_haystack="repeat"), max_seq_length=2048,
+                                   template=TEMPLATE, type_haystack="repeat", type_needle_k="words",
+                                   type_needle_v="numbers", num_samples=2, TOKENIZER=tok)
+    _, data = generated
+    ours = data[("niah_single_1", 2048)]
+    for a, b in zip(ours, theirs):
+        head = lambda t: t.split("\n", 1)[0]          # noqa: E731
+        assert head(a["input"]) == head(b["input"])
+        assert re.sub(r"for \S+ ", "for K ", a["input"].rsplit("\n", 1)[1]) == \
+            re.sub(r"for \S+ ", "for K ", b["input"].rsplit("\n", 1)[1])
+        assert re.fullmatch(r"\d{7}", b["outputs"][0]) and re.fullmatch(r"\d{7}", a["outputs"][0])
+        assert a["answer_prefix"].strip() == b["gen_prefix"].replace(b["gen_prefix"].split(" for ")[1].split(" ")[0],
+                                                                     a["answer_prefix"].split(" for ")[1].split(" ")[0])
+        # lengths comparable: their linear search (25/5-line steps) lands below our bracketed search
+        assert b["length"] <= a["length"] + a["tokens_to_generate"] + 1 <= 2048
+        assert b["length"] >= 0.85 * 2048

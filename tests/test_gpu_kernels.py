@@ -95,3 +95,16 @@ def test_one_host_sync_per_sparse_layer():
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
+def test_graph_selection_equals_eager(monkeypatch):
+    from tsa_core import TSAConfig, tsa_attention
+    q, k, v = _qkv(2, 8, 2, 7000, 128, seed=4)
+    for cfg in (TSAConfig(tau=0.01), TSAConfig(keep_ratio=0.6)):
+        monkeypatch.setenv("TSA_CUDA_GRAPHS", "0")
+        eager, s1 = tsa_attention(q, k, v, cfg, "sdpa-flash")
+        monkeypatch.setenv("TSA_CUDA_GRAPHS", "1")
+        graph, s2 = tsa_attention(q, k, v, cfg, "sdpa-flash")
+        again, s3 = tsa_attention(q, k, v, cfg, "sdpa-flash")       # a replay of the cached graph
+        assert s1.budget == s2.budget == s3.budget
+        assert torch.equal(eager, graph) and torch.equal(graph, again)

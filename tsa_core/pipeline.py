@@ -12,6 +12,8 @@ budgets (needed to size the compressed tensors), once per sparse layer.
 from __future__ import annotations
 
 import math
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Tuple, Union
 
@@ -95,6 +97,68 @@ class TSAStats:
         return tuple(1.0 - (n * (n + 1) / 2) / full for n in self.kept)
 
 
+def cuda_graphs_enabled() -> bool:
+    """Selection runs as a captured CUDA graph on GPUs unless ``TSA_CUDA_GRAPHS=0``."""
+    return os.environ.get("TSA_CUDA_GRAPHS", "1") not in ("0", "")
+
+
+class SelectionGraph:
+    """Pooling, budget and top-k of one shape, captured once as a CUDA graph.
+
+    These steps have static shapes (only the kept counts vary, and they stay on the device), so
+    ~20 small launches become one replay; the host only waits once, afterwards, for the kept
+    counts. The scoring kernel writes straight into :attr:`scores`. Outputs (:attr:`keep`,
+    :attr:`pruned`, :attr:`order`) live in the graph's memory and are overwritten by the next
+    replay of the same shape, which stream order puts after this layer's gather and scatter.
+    Graphs are per device and shape; replays must stay on one stream at a time.
+    """
+
+    def __init__(self, ops: TSAOps, batch: int, heads: int, seq_len: int, config: TSAConfig,
+                 device: torch.device):
+        self.ops, self.config, self.seq_len = ops, config, seq_len
+        P = seq_len - config.window
+        self.scores = torch.full((batch, heads, P), 1.0 / P, device=device, dtype=torch.float32)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):                    # compile and warm up outside the capture
+                self._body()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.keep, self.pruned, self.order = self._body()
+
+    def _body(self):
+        pooled, layer = self.ops.pool(self.scores, self.config.pool_kernel)
+        keep, pruned = layer_budget(layer, self.config)
+        return keep, pruned, self.ops.select(pooled, keep, self.seq_len)
+
+    def run(self, scores: Optional[torch.Tensor] = None):
+        """Replay (after copying ``scores`` in, if they were not written in place)."""
+        if scores is not None and scores.data_ptr() != self.scores.data_ptr():
+            self.scores.copy_(scores)
+        self.graph.replay()
+        return self.keep, self.pruned, self.order
+
+
+_GRAPHS: "OrderedDict[tuple, SelectionGraph]" = OrderedDict()
+_MAX_GRAPHS = 16
+
+
+def selection_graph(ops: TSAOps, batch: int, heads: int, seq_len: int, config: TSAConfig,
+                    device: torch.device) -> SelectionGraph:
+    """The cached :class:`SelectionGraph` of this shape (least recently used ones are dropped)."""
+    key = (ops, batch, heads, seq_len, config.window, config.pool_kernel, config.min_keep, config.tau,
+           config.keep_ratio, str(device))
+    graph = _GRAPHS.pop(key, None)
+    if graph is None:
+        graph = SelectionGraph(ops, batch, heads, seq_len, config, device)
+    _GRAPHS[key] = graph
+    while len(_GRAPHS) > _MAX_GRAPHS:
+        _GRAPHS.popitem(last=False)
+    return graph
+
+
 def _dense(q, k, v, backend: AttentionBackend, scale: float, config: TSAConfig, reason: str):
     B, Hq, L, _ = q.shape
     out = backend(q, k, v, scale=scale).transpose(1, 2)
@@ -133,12 +197,17 @@ def tsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TSA
                       f"seq_len {L} <= min_keep + window = {config.min_keep + config.window}")
     ops = resolve_ops(impl, q.device)
     W, P = config.window, L - config.window
-    scores = ops.score(q, k, W, scale)
-    pooled, layer = ops.pool(scores, config.pool_kernel)
-    keep, pruned = layer_budget(layer, config)
-    # selection only needs the budgets on the device: enqueue it before the one host sync, so
-    # the GPU keeps working while the host waits for the sizes of the compressed tensors
-    order = ops.select(pooled, keep, L)
+    if ops is TRITON_OPS and q.device.type == "cuda" and cuda_graphs_enabled():
+        graph = selection_graph(ops, B, Hq, L, config, q.device)
+        ops.score(q, k, W, scale, out=graph.scores)
+        keep, pruned, order = graph.run()
+    else:
+        scores = ops.score(q, k, W, scale)
+        pooled, layer = ops.pool(scores, config.pool_kernel)
+        keep, pruned = layer_budget(layer, config)
+        # selection only needs the budgets on the device: enqueue it before the one host sync,
+        # so the GPU keeps working while the host waits for the sizes of the compressed tensors
+        order = ops.select(pooled, keep, L)
     host = torch.stack([keep.double(), pruned.double()]).cpu()    # the one host sync
     budget = tuple(int(x) for x in host[0].tolist())
     pruned_mass = tuple(float(x) for x in host[1].tolist())

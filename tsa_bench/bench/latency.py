@@ -24,7 +24,7 @@ from tsa_bench.bench import torch_pipeline as tp
 from tsa_bench.bench.timing import Timing, time_fn
 from tsa_bench.results import row
 from tsa_core import TSAConfig, get_backend, tsa_attention
-from tsa_core.pipeline import NAIVE_OPS, TRITON_OPS, resolve_ops
+from tsa_core.pipeline import NAIVE_OPS, TRITON_OPS, cuda_graphs_enabled, resolve_ops, selection_graph
 from tsa_core.selection import layer_budget
 
 STAGES = ("score", "select", "gather", "attention", "scatter")
@@ -69,10 +69,16 @@ def _run_stages(ops, q, k, v, cfg: TSAConfig, backend, scale: float):
 
 
 def _select_stage(ops, scores, cfg, L):
-    pooled, layer = ops.pool(scores, cfg.pool_kernel)
-    keep, _ = layer_budget(layer, cfg)
-    order = ops.select(pooled, keep, L)
-    keep.cpu()                                   # the pipeline's one host sync belongs here
+    """Selection as the pipeline runs it (a CUDA-graph replay on GPUs; here with one extra
+    copy of the scores into the graph's buffer), plus the pipeline's one host sync."""
+    if ops is TRITON_OPS and scores.device.type == "cuda" and cuda_graphs_enabled():
+        B, H, _ = scores.shape
+        keep, _, order = selection_graph(ops, B, H, L, cfg, scores.device).run(scores)
+    else:
+        pooled, layer = ops.pool(scores, cfg.pool_kernel)
+        keep, _ = layer_budget(layer, cfg)
+        order = ops.select(pooled, keep, L)
+    keep.cpu()
     return order
 
 
@@ -187,6 +193,7 @@ def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: 
     }
     for stage, tt in t.items():
         add_timing("tsa", stage, tt, passed)
+    st0 = {"out": st0["out"]}
     del inter
     # extra memory of one whole call, beyond its inputs and its [B, L, H, D] output
     if device.type == "cuda":
@@ -194,6 +201,10 @@ def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: 
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     out, stats = tsa_attention(*inputs[0], cfg, backend, scale=scale)
+    # the whole call (CUDA-graph selection on GPUs) must give what the stage-by-stage run gave
+    same = bool(torch.equal(out, st0["out"])) or bool(stats.dense)
+    rows.append(row("pipeline_equals_stages", float(same), checked=same, method="tsa", stage="check", **ident))
+    passed &= same
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         extra = torch.cuda.max_memory_allocated(device) - base - _bytes(out)

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from tsa_core._checks import check_qkv, check_triton_device, interpreter_on
 from tsa_core._triton_utils import next_pow2, sm_count, upcast_loads
-from tsa_core.scoring.naive import check_window
+from tsa_core.scoring.naive import check_out, check_window
 
 _LOG2E = 1.4426950408889634
 _NEG_BIG = tl.constexpr(-1.0e30)  # finite "minus infinity" for running maxima (avoids inf - inf = NaN)
@@ -159,12 +159,12 @@ def best_configs() -> dict:
 
 
 def _n_chunks(device, rows: int, n_keys: int) -> int:
-    want = max(1, math.ceil(2 * sm_count(device) / rows))     # ~2 waves of programs
+    want = max(1, math.ceil(8 * sm_count(device) / rows))     # ~8 waves: the tail wave costs little
     return max(1, min(triton.cdiv(n_keys, _CHUNK_ALIGN), want))
 
 
 def score_window_triton(q: torch.Tensor, k: torch.Tensor, window: int,
-                        scale: Optional[float] = None) -> torch.Tensor:
+                        scale: Optional[float] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Triton twin of :func:`tsa_core.scoring.naive.score_window_naive` (same contract)."""
     B, Hq, Hkv, L, D = check_qkv(q, k, k)
     check_window(window, L)
@@ -196,7 +196,10 @@ def score_window_triton(q: torch.Tensor, k: torch.Tensor, window: int,
     p_chunks = _n_chunks(q.device, B * Hq, P)
     p_chunk_len = triton.cdiv(triton.cdiv(P, p_chunks), _CHUNK_ALIGN) * _CHUNK_ALIGN
     p_chunks = triton.cdiv(P, p_chunk_len)
-    out = torch.empty((B, Hq, P), **f32)
+    if out is None:
+        out = torch.empty((B, Hq, P), **f32)
+    else:
+        check_out(out, (B, Hq, P), q.device)
     probs_k[(Hq, p_chunks, B)](
         q, k, m, inv_l, out, *q.stride(), *k.stride(),
         L, W, P, D, qk_scale, 1.0 / W, p_chunk_len, bucket, **common, **extra)

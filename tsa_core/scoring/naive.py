@@ -20,7 +20,7 @@ def check_window(window: int, seq_len: int) -> None:
 
 
 def score_window_naive(q: torch.Tensor, k: torch.Tensor, window: int,
-                       scale: Optional[float] = None) -> torch.Tensor:
+                       scale: Optional[float] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean attention probability of the last ``window`` queries on every prefix key.
 
     Args:
@@ -29,6 +29,7 @@ def score_window_naive(q: torch.Tensor, k: torch.Tensor, window: int,
             ``h // (Hq // Hkv)`` (never expanded in memory).
         window: ``W``, the number of most recent queries, ``1 <= W < L``.
         scale: softmax scale, default ``1 / sqrt(D)``.
+        out: optional ``[B, Hq, L - W]`` float32 contiguous tensor to write into.
 
     Returns:
         ``[B, Hq, L - W]`` float32: for prefix key ``j < L - W``,
@@ -46,4 +47,14 @@ def score_window_naive(q: torch.Tensor, k: torch.Tensor, window: int,
     key_pos = torch.arange(L, device=q.device).view(1, L)
     logits = logits.masked_fill(key_pos > query_pos, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
-    return probs[..., :P].mean(dim=3).reshape(B, Hq, P)
+    result = probs[..., :P].mean(dim=3).reshape(B, Hq, P)
+    if out is None:
+        return result
+    check_out(out, (B, Hq, P), q.device)
+    return out.copy_(result)
+
+
+def check_out(out: torch.Tensor, shape, device) -> None:
+    if out.shape != shape or out.dtype != torch.float32 or not out.is_contiguous() or out.device != device:
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {shape} on {device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")

@@ -94,3 +94,32 @@ def test_prefill_dry_run_builds_nothing(tmp_path, capsys):
 def test_prefill_bad_input_exits_2(argv, message, capsys):
     rc = main(["prefill", *TINY, "--dry-run", *argv])
     assert rc == 2 and message in capsys.readouterr().err
+
+
+class _WordTokenizer:
+    """Whitespace 'tokenizer' standing in for a real one (one id per word)."""
+
+    def __call__(self, text, add_special_tokens=True, return_tensors=None):
+        ids = [1] if add_special_tokens else []
+        ids += [hash(w) % 1000 + 2 for w in text.split()]
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+
+def test_prompt_ids_lengths_and_sources(tmp_path):
+    from tsa_bench.hf.prompts import NEEDLE, prompt_ids
+
+    ids, desc = prompt_ids(300, tokenizer=_WordTokenizer(), batch=2)
+    assert ids.shape == (2, 300) and "haystack" in desc
+    needle = _WordTokenizer()(NEEDLE, add_special_tokens=False)["input_ids"]
+    row = ids[0].tolist()
+    at = next(i for i in range(len(row)) if row[i:i + len(needle)] == needle)
+    assert 0.3 < at / 300 < 0.7                                  # the needle sits near 50% depth
+    f = tmp_path / "p.txt"
+    f.write_text("one two three")
+    ids, desc = prompt_ids(10, tokenizer=_WordTokenizer(), prompt_file=str(f))
+    assert ids.shape == (1, 10) and "repeated" in desc
+    a, _ = prompt_ids(50, vocab_size=100, seed=1)
+    b, _ = prompt_ids(50, vocab_size=100, seed=1)
+    assert torch.equal(a, b) and int(a.max()) < 100
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        prompt_ids(10, vocab_size=100, prompt_file=str(f))

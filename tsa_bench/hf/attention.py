@@ -160,6 +160,9 @@ def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
                              f"{type(module).__name__}); use a Llama/Mistral/Qwen2/Qwen3-style model")
     if getattr(module, "is_causal", True) is False:
         raise ValueError("the 'tsa' attention supports causal decoder self-attention only")
+    if dropout:
+        raise ValueError(f"the 'tsa' attention is for inference; got attention dropout {dropout} "
+                         "(call model.eval())")
     q_len, k_len = query.shape[2], key.shape[2]
     cfg = plan.config_for(layer_idx)
     window = cfg.window if cfg is not None else 0

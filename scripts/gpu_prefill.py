@@ -31,6 +31,8 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny-llama preset, 1k/2k tokens")
     ap.add_argument("--backends", default=None, help="dense kernels (default sdpa-flash,sdpa-cudnn)")
     ap.add_argument("--seq-lens", default=None, help="default 8k,128k")
+    ap.add_argument("--methods", default="dense,tsa",
+                    help="methods of `tsa-bench prefill` (default dense,tsa; 'auto' adds the registry's sparse ones)")
     ap.add_argument("--budget-s", type=float, default=340.0,
                     help="time budget of the timed cells in seconds (default 340; the whole script < 8 min)")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
@@ -59,7 +61,7 @@ def main() -> int:
         argv = ["prefill", "--model", "llama-3.1-8b", "--seq-lens", opts.seq_lens or "8k,128k",
                 "--dense-backend", opts.backends or "sdpa-flash,sdpa-cudnn", "--device", "cuda",
                 "--dtype", "bf16", "--runs", "5", "--warmup", "1"]
-    argv += ["--weights", "random", "--keep-ratio", "0.675", "--methods", "dense,tsa",
+    argv += ["--weights", "random", "--keep-ratio", "0.675", "--methods", opts.methods,
              "--sparse-layers", "preset", "--out-dir", opts.out,
              "--time-budget-s", str(max(30.0, opts.budget_s - (time.perf_counter() - t0)))]
     print("tsa-bench " + " ".join(argv), flush=True)

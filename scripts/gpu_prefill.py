@@ -87,6 +87,7 @@ def main() -> int:
 
 def _summary(out: Path) -> None:
     import pandas as pd
+    from tsa_bench.args import fmt_length
 
     files = sorted(out.glob("prefill-*.csv"))
     if not files:
@@ -98,10 +99,10 @@ def _summary(out: Path) -> None:
         n = int(r.seq_len)
         target = {131072: 1.25, 8192: 0.97}.get(n)
         verdict = "" if target is None else ("  meets target" if r.value >= target else "  BELOW target")
-        print(f"  {r.method:>6s} on {r.backend:<12s} {n // 1024:>4d}k: x{r.value:.3f}{verdict}")
+        print(f"  {r.method:>6s} on {r.backend:<12s} {fmt_length(n):>5s}: x{r.value:.3f}{verdict}")
     mem = df[df.metric == "peak_mem_gib"]
     for _, r in mem.sort_values(["backend", "seq_len", "method"]).iterrows():
-        print(f"  peak memory {r.method:>6s} on {r.backend:<12s} {int(r.seq_len) // 1024:>4d}k: {r.value:.1f} GiB")
+        print(f"  peak memory {r.method:>6s} on {r.backend:<12s} {fmt_length(int(r.seq_len)):>5s}: {r.value:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -170,3 +170,31 @@ def test_decode_after_tsa_prefill_is_dense_over_the_full_cache(checkpoint):
     got = model(nxt, past_key_values=copy.deepcopy(cache), use_cache=True).logits
     ref = _plain(checkpoint)(nxt, past_key_values=copy.deepcopy(cache), use_cache=True).logits
     assert torch.equal(got, ref)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_gpu_tiny_llama_bf16_triton_ops():
+    """CUDA, bf16: tau = 0 is bit-identical to transformers' SDPA; the Triton TSA ops inside
+    the model keep what the naive ops keep and give close logits."""
+    cfg = AutoConfig.for_model("llama", vocab_size=VOCAB, hidden_size=256, intermediate_size=512,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               max_position_embeddings=8192)
+    ids = _ids(3000).cuda()
+    plain, _ = load_model(cfg, method="dense", weights="random", dtype=torch.bfloat16, device="cuda", seed=1)
+    plain.set_attn_implementation("sdpa")
+    ref = plain(ids).logits
+    zero = TSAConfig(tau=0.0)
+    tsa0, _ = load_model(cfg, method="tsa", tsa_config=zero, sparse_layers=[1], weights="random",
+                         dtype=torch.bfloat16, device="cuda", seed=1)
+    assert torch.equal(tsa0(ids).logits, ref)
+    forced = TSAConfig(keep_ratio=0.5)
+    logits, kept = {}, {}
+    for impl in ("naive", "triton"):
+        model, _ = load_model(cfg, method="tsa", tsa_config=forced, sparse_layers=[1], weights="random",
+                              dtype=torch.bfloat16, device="cuda", seed=1, impl=impl)
+        logits[impl] = model(ids).logits.float()
+        kept[impl] = last_stats(model)[1].kept
+    assert kept["naive"] == kept["triton"] and kept["naive"][0] < 3000
+    err = (logits["triton"] - logits["naive"]).norm() / logits["naive"].norm()
+    assert err < 2e-2

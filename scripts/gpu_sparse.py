@@ -118,13 +118,14 @@ class Run:
                     reps=1 if self.tiny else 0, min_reps=5, max_reps=30)
         self.rows.append(row("latency_ms", t.median, lo=t.p20, hi=t.p80, n=t.n,
                              **self.ident(method=method, stage=stage, backend=backend, **kw)))
-        print(f"  {method:<22} {stage:<12} {t.median:9.3f} ms  [p20 {t.p20:.3f}, p80 {t.p80:.3f}, n={t.n}]")
+        print(f"  {method:<18} {stage:<12} {backend:<14} {t.median:9.3f} ms  [p20 {t.p20:.3f}, p80 {t.p80:.3f}, n={t.n}]")
         return t.median
 
     def metric(self, metric, value, method, stage="", backend="", checked=None, **kw):
         self.rows.append(row(metric, value, checked=checked, **self.ident(method=method, stage=stage,
                                                                             backend=backend, **kw)))
-        print(f"  {method:<22} {stage:<12} {metric} = {value:.4g}" + ("" if checked is None else f"  checked={checked}"))
+        print(f"  {method:<18} {stage:<12} {backend:<14} {metric} = {value:.4g}"
+              + ("" if checked is None else f"  checked={checked}"))
 
     def gate(self, name, ok):
         if not ok:
@@ -216,56 +217,71 @@ def part_kernel(run: Run):
         run.metric("speedup_vs_sdpa_cudnn", t_cudnn / t_bs, "block-sparse", "attention", backend="triton",
                    keep_ratio=round(dens, 4))
 
-    if not run.tiny and "flex" not in run.skip:
-        try:
-            t0 = time.time()
-            bm = _flex_block_mask(pattern, dev)
-            torch.cuda.synchronize()
-            build_ms = (time.time() - t0) * 1e3
-            flex = _compiled_flex()
-            out_flex = flex(q, k, v, block_mask=bm, scale=run.scale, enable_gqa=True)
-            err = rms_ratio(out_flex, out)
-            ok = run.gate("flex-vs-kernel", err < 1e-2)
-            run.metric("check_rms_ratio_vs_kernel", err, "flex-block-sparse", "check", backend="flex", checked=ok)
-            run.metric("mask_build_ms_first_call", build_ms, "flex-block-sparse", "mask_build", backend="flex")
-            run.time(lambda: _flex_block_mask(pattern, dev), "flex-block-sparse", "mask_build", "flex")
-            t_fx = run.time(lambda: flex(q, k, v, block_mask=bm, scale=run.scale, enable_gqa=True),
-                            "flex-block-sparse", "attention", "flex", keep_ratio=round(dens, 4))
-            run.metric("triton_speedup_vs_flex", t_fx / t_bs, "block-sparse", "attention", backend="triton",
-                       keep_ratio=round(dens, 4))
-            if t_flash:
-                run.metric("speedup_vs_sdpa_flash", t_flash / t_fx, "flex-block-sparse", "attention",
-                           backend="flex", keep_ratio=round(dens, 4))
-            del out_flex, bm
-        except Exception as e:  # noqa: BLE001
-            print(f"  FlexAttention failed: {e!r}")
-    del q, k, v, out, pattern, full
+    run.state = dict(q=q, k=k, v=v, out=out, pattern=pattern, dens=dens, t_flash=t_flash, t_bs=t_bs)
+    del full
     return t_flash
 
 
-def part_methods(run: Run, t_flash):
+def part_flex(run: Run):
+    """FlexAttention on a BlockMask built from the same block lists as the kernel."""
+    st = run.state
+    q, k, v, out, pattern, dens, t_flash, t_bs = (st[n] for n in ("q", "k", "v", "out", "pattern", "dens",
+                                                                  "t_flash", "t_bs"))
+    dev = run.device
+    if run.tiny or "flex" in run.skip:
+        run.state.clear()
+        return
+    out = block_sparse_attention(q, k, v, pattern, scale=run.scale, out=out)   # (timing reused `out`)
+    try:
+        t0 = time.time()
+        bm = _flex_block_mask(pattern, dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        build_ms = (time.time() - t0) * 1e3
+        flex = _compiled_flex()
+        out_flex = flex(q, k, v, block_mask=bm, scale=run.scale, enable_gqa=True)
+        err = rms_ratio(out_flex, out)
+        ok = run.gate("flex-vs-kernel", err < 1e-2)
+        run.metric("check_rms_ratio_vs_kernel", err, "flex-block-sparse", "check", backend="flex", checked=ok)
+        run.metric("mask_build_ms_first_call", build_ms, "flex-block-sparse", "mask_build", backend="flex")
+        run.time(lambda: _flex_block_mask(pattern, dev), "flex-block-sparse", "mask_build", "flex")
+        t_fx = run.time(lambda: flex(q, k, v, block_mask=bm, scale=run.scale, enable_gqa=True),
+                        "flex-block-sparse", "attention", "flex", keep_ratio=round(dens, 4))
+        run.metric("triton_speedup_vs_flex", t_fx / t_bs, "block-sparse", "attention", backend="triton",
+                   keep_ratio=round(dens, 4))
+        if t_flash:
+            run.metric("speedup_vs_sdpa_flash", t_flash / t_fx, "flex-block-sparse", "attention",
+                       backend="flex", keep_ratio=round(dens, 4))
+        del out_flex, bm
+    except Exception as e:  # noqa: BLE001
+        print(f"  FlexAttention failed: {e!r}")
+    run.state.clear()
+
+
+def part_setup_methods(run: Run, t_flash):
+    """Synthetic workload; FlexPrefill estimation check and its stage breakdown."""
     dev, B, Hq, Hkv, L, D = run.device, run.B, run.Hq, run.Hkv, run.L, run.D
     q, k, v = synthetic_qkv(B, Hq, Hkv, L, D, device=dev, dtype=run.dtype)
     print(f"[methods] synthetic workload, L={L}")
-    if t_flash is None or run.tiny:
-        t_flash = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale), "dense", "attention",
-                           "sdpa" if run.tiny else "sdpa-default", workload="synthetic")
+    if t_flash is None:
+        t_flash = run.time(lambda: sdpa_attention(q, k, v, scale=run.scale), "dense", "attention", "sdpa",
+                           workload="synthetic")
     small = run.tiny
     params = {
         "flexprefill": dict(block_size=16, min_budget=32) if small else {},
         "xattention": dict(block_size=16, stride=4) if small else {},
         "minference": dict(block_size=16, last_q=16) if small else {},
     }
+    ctx = dict(q=q, k=k, v=v, params=params, t_flash=t_flash, totals={})
     # FlexPrefill's Triton estimation vs its PyTorch reference (block-mask agreement)
     prm = FlexPrefillParams(**params["flexprefill"])
     pt, _ = flexprefill_pattern_triton(q, k, prm, scale=run.scale)
-    if run.tiny or run.elapsed() < 200:
-        pn, _ = flexprefill_pattern_naive(q, k, prm, scale=run.scale)
-        causal = causal_block_grid(pt.num_blocks, pt.num_blocks, dev)
-        agree = ((pt.block_mask == pn.block_mask) & causal).sum().item() / (causal.sum().item() * B * Hq)
-        ok = run.gate("flexprefill-estimation", agree >= 0.99)
-        run.metric("pattern_agreement_vs_naive", agree, "flexprefill", "check", backend="triton", checked=ok)
-        del pn
+    pn, _ = flexprefill_pattern_naive(q, k, prm, scale=run.scale)
+    causal = causal_block_grid(pt.num_blocks, pt.num_blocks, dev)
+    agree = ((pt.block_mask == pn.block_mask) & causal).sum().item() / (causal.sum().item() * B * Hq)
+    ok = run.gate("flexprefill-estimation", agree >= 0.99)
+    run.metric("pattern_agreement_vs_naive", agree, "flexprefill", "check", backend="triton", checked=ok)
+    del pn, pt
     # where FlexPrefill's estimation time goes (profiles vs selection)
     from tsa_core.sparse.flexprefill import kernel as fpk
     from tsa_core.sparse.flexprefill.naive import select_from_profiles
@@ -279,48 +295,61 @@ def part_methods(run: Run, t_flash):
              "est_profiles", "triton-skew", workload="synthetic")
     run.metric("gather_kernel_ok", float(not fpk._GATHER_BROKEN), "flexprefill", "est_profiles",
                backend="triton")
-    del vert, sl
-    totals = {}
-    for method in ("flexprefill", "xattention", "minference"):
-        if method in run.skip or (run.elapsed() > 270 and method != "flexprefill"):
-            print(f"  skipping {method}")
-            continue
-        kw = params[method]
-        try:
-            pattern = estimate_pattern(method, q, k, scale=run.scale, **kw)
-            t_est = run.time(lambda: estimate_pattern(method, q, k, scale=run.scale, **kw), method, "estimate",
-                             "triton", workload="synthetic")
-            t_att = run.time(lambda: run_with_pattern(q, k, v, pattern, scale=run.scale), method, "attention",
-                             "triton", workload="synthetic")
-            t_tot = run.time(lambda: sparse_attention(q, k, v, scale=run.scale, method=method, **kw), method,
-                             "total", "triton", workload="synthetic")
-            dens = last_stats()["density"]
-            totals[method] = t_tot
-            run.metric("density", dens, method, "pattern", backend="triton", workload="synthetic")
-            run.metric("estimate_share", t_est / t_tot, method, "estimate", backend="triton", workload="synthetic")
-            run.metric("speedup_vs_dense", t_flash / t_tot, method, "total", backend="triton", workload="synthetic")
-            del pattern
-        except Exception as e:  # noqa: BLE001
-            print(f"  {method} failed: {e!r}")
-            run.gate(method, False)
-    if "tsa" not in run.skip and "flexprefill" in totals:
-        cfg = TSAConfig(tau=0.005) if not run.tiny else TSAConfig(tau=0.005, window=16, min_keep=32)
-        be = "flexprefill"
-        if run.tiny:
-            from tsa_core.backends import AttentionBackend
-            be = AttentionBackend("flexprefill-tiny", "tsa_core.sparse.methods:sparse_attention", kind="sparse",
-                                  devices=("cpu", "cuda"), options={"method": "flexprefill", **params["flexprefill"]})
-        out, st = tsa_attention(q, k, v, cfg, backend=be, scale=run.scale)
+    return ctx
+
+
+def part_method(run: Run, ctx, method: str):
+    """One method on the synthetic workload: estimation, attention with the pattern, total."""
+    if method in run.skip:
+        print(f"  skipping {method}")
+        return
+    q, k, v, kw, t_flash = ctx["q"], ctx["k"], ctx["v"], ctx["params"][method], ctx["t_flash"]
+    try:
+        pattern = estimate_pattern(method, q, k, scale=run.scale, **kw)
+        t_est = run.time(lambda: estimate_pattern(method, q, k, scale=run.scale, **kw), method, "estimate",
+                         "triton", workload="synthetic")
+        run.time(lambda: run_with_pattern(q, k, v, pattern, scale=run.scale), method, "attention", "triton",
+                 workload="synthetic")
+        t_tot = run.time(lambda: sparse_attention(q, k, v, scale=run.scale, method=method, **kw), method,
+                         "total", "triton", workload="synthetic")
+        dens = last_stats()["density"]
+        ctx["totals"][method] = t_tot
+        run.metric("density", dens, method, "pattern", backend="triton", workload="synthetic")
+        run.metric("estimate_share", t_est / t_tot, method, "estimate", backend="triton", workload="synthetic")
+        run.metric("speedup_vs_dense", t_flash / t_tot, method, "total", backend="triton", workload="synthetic")
+        del pattern
+    except Exception as e:  # noqa: BLE001 - one failed method must not lose the others' numbers
+        print(f"  {method} failed: {e!r}")
+        run.gate(method, False)
+
+
+def part_tsa(run: Run, ctx):
+    """FlexPrefill + TSA (tau = 0.005) vs FlexPrefill alone, same inputs."""
+    if "tsa" in run.skip or "flexprefill" not in ctx["totals"]:
+        return
+    q, k, v, t_flash = ctx["q"], ctx["k"], ctx["v"], ctx["t_flash"]
+    cfg = TSAConfig(tau=0.005) if not run.tiny else TSAConfig(tau=0.005, window=16, min_keep=32)
+    be = "flexprefill"
+    if run.tiny:
+        from tsa_core.backends import AttentionBackend
+        be = AttentionBackend("flexprefill-tiny", "tsa_core.sparse.methods:sparse_attention", kind="sparse",
+                              devices=("cpu", "cuda"), options={"method": "flexprefill", **ctx["params"]["flexprefill"]})
+    try:
+        _, st = tsa_attention(q, k, v, cfg, backend=be, scale=run.scale)
+        dens = last_stats()["density"]
         t_tsa = run.time(lambda: tsa_attention(q, k, v, cfg, backend=be, scale=run.scale), "flexprefill+tsa",
                          "total", "triton", workload="synthetic", tau=0.005)
-        run.metric("keep_fraction", sum(st.keep_fraction) / len(st.keep_fraction), "flexprefill+tsa", "tsa",
-                   workload="synthetic", tau=0.005)
-        run.metric("density_on_compressed", last_stats()["density"], "flexprefill+tsa", "pattern",
-                   workload="synthetic", tau=0.005)
-        run.metric("speedup_vs_dense", t_flash / t_tsa, "flexprefill+tsa", "total", workload="synthetic", tau=0.005)
-        run.metric("speedup_vs_flexprefill", totals["flexprefill"] / t_tsa, "flexprefill+tsa", "total",
-                   workload="synthetic", tau=0.005)
-        print(f"  paper (A100, RULER-level, FA2 baseline): FlexPrefill x2.44, +TSA(0.005) x2.76 -> ratio 1.13")
+    except Exception as e:  # noqa: BLE001
+        print(f"  flexprefill+tsa failed: {e!r}")
+        run.gate("flexprefill+tsa", False)
+        return
+    run.metric("keep_fraction", sum(st.keep_fraction) / len(st.keep_fraction), "flexprefill+tsa", "tsa",
+               workload="synthetic", tau=0.005)
+    run.metric("density_on_compressed", dens, "flexprefill+tsa", "pattern", workload="synthetic", tau=0.005)
+    run.metric("speedup_vs_dense", t_flash / t_tsa, "flexprefill+tsa", "total", workload="synthetic", tau=0.005)
+    run.metric("speedup_vs_flexprefill", ctx["totals"]["flexprefill"] / t_tsa, "flexprefill+tsa", "total",
+               workload="synthetic", tau=0.005)
+    print("  paper (A100, FA2 baseline): FlexPrefill x2.44, +TSA(0.005) x2.76 -> ratio 1.13")
 
 
 def main(args) -> int:
@@ -332,10 +361,16 @@ def main(args) -> int:
             return 2
         device = torch.device("cuda")
     run = Run(args, device)
-    t_flash = part_kernel(run)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    part_methods(run, t_flash)
+    t_flash = part_kernel(run)                       # required numbers first ...
+    ctx = part_setup_methods(run, t_flash)
+    part_method(run, ctx, "flexprefill")
+    part_tsa(run, ctx)
+    part_flex(run)                                   # ... then the comparisons that may be slow
+    for method in ("xattention", "minference"):
+        if run.elapsed() > 280:
+            print(f"  skipping {method}: {run.elapsed():.0f} s elapsed (keep the run under 6 min)")
+            continue
+        part_method(run, ctx, method)
     cfg = dict(script="scripts/gpu_sparse.py", tiny=args.tiny, seq_len=run.L, density=args.density,
                check_heads=args.check_heads, failed=run.failed)
     writer = ResultWriter("sparse", cfg, device=str(device), out_dir=args.out)

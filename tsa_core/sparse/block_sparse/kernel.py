@@ -86,14 +86,14 @@ def _bsa_fwd_kernel(
         if UPCAST:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
-        s = tl.dot(q, kt) * qk_scale                                            # [BLOCK_M, BLOCK_N]
+        s = tl.dot(q, kt)                                                       # [BLOCK_M, BLOCK_N]
         if start_n + BLOCK_N > start_m:          # the tile reaches the diagonal: causal mask
             s = tl.where(offs_k[None, :] <= offs_m[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)                  # log2 units
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        p = tl.exp2(s * qk_scale - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])
         m_i = m_new
 
     if HAS_COLS:
@@ -113,13 +113,13 @@ def _bsa_fwd_kernel(
             if UPCAST:
                 kt = kt.to(tl.float32)
                 vt = vt.to(tl.float32)
-            s = tl.dot(q, kt) * qk_scale
+            s = tl.dot(q, kt)
             s = tl.where(use[None, :] & (cols[None, :] <= offs_m[:, None]), s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
             alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            p = tl.exp2(s * qk_scale - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+            acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])
             m_i = m_new
 
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]          # rows that saw nothing -> 0

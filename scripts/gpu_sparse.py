@@ -62,7 +62,7 @@ from tsa_core.sparse import last_stats, sparse_attention  # noqa: E402
 from tsa_core.sparse.block_sparse import block_sparse_attention, block_sparse_attention_naive  # noqa: E402
 from tsa_core.sparse.flexprefill import FlexPrefillParams, flexprefill_pattern_naive  # noqa: E402
 from tsa_core.sparse.flexprefill.kernel import flexprefill_pattern_triton  # noqa: E402
-from tsa_core.sparse.methods import _compiled_flex, _flex_block_mask, estimate_pattern, make_params  # noqa: E402
+from tsa_core.sparse.methods import _compiled_flex, _flex_block_mask, estimate_pattern  # noqa: E402
 from tsa_core.sparse.methods import run_with_pattern  # noqa: E402
 from tsa_core.sparse.pattern import BlockPattern, causal_block_grid  # noqa: E402
 

@@ -48,10 +48,22 @@ class AttentionBackend:
         return None
 
     def __call__(self, q, k, v, *, scale: float, valid_len: Optional[torch.Tensor] = None):
-        reason = self.unavailable_reason(q.device)
+        fn = _resolved(self, q.device.type)        # cached: this sits on the hot path
+        return fn(q, k, v, scale=scale, valid_len=valid_len, **self.options)
+
+
+_RESOLVED: Dict[Tuple[int, str], Tuple[AttentionBackend, Callable]] = {}
+
+
+def _resolved(backend: AttentionBackend, device_type: str) -> Callable:
+    key = (id(backend), device_type)
+    hit = _RESOLVED.get(key)
+    if hit is None or hit[0] is not backend:     # the entry keeps its backend alive: ids stay unique
+        reason = backend.unavailable_reason(device_type)
         if reason is not None:
             raise ValueError(reason)
-        return self.load()(q, k, v, scale=scale, valid_len=valid_len, **self.options)
+        hit = _RESOLVED[key] = (backend, backend.load())
+    return hit[1]
 
 
 _REGISTRY: Dict[str, AttentionBackend] = {}

@@ -25,15 +25,15 @@ def _compress_kernel(q_ptr, k_ptr, v_ptr, order_ptr, qc_ptr, kc_ptr, vc_ptr,
                      stride_kb, stride_kh, stride_kl, stride_kd,
                      stride_vb, stride_vh, stride_vl, stride_vd,
                      L, N, D, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_h = tl.program_id(1)
+    pid_h = tl.program_id(0)          # heads fastest: a KV head's G readers run together (L2 reuse)
+    pid_n = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
     kv_h = pid_h // GROUP
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_n = offs_n < N
     mask = mask_n[:, None] & (offs_d[None, :] < D)
-    row = pid_b * tl.num_programs(1) + pid_h
+    row = pid_b * tl.num_programs(0) + pid_h
     pos = tl.load(order_ptr + row * L + offs_n, mask=mask_n, other=0).to(tl.int64)   # [BLOCK_N]
     dst = (row * N + offs_n[:, None]) * D + offs_d[None, :]
     q_src = q_ptr + pid_b * stride_qb + pid_h * stride_qh + pos[:, None] * stride_ql + offs_d[None, :] * stride_qd
@@ -59,7 +59,7 @@ def compress_qkv_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, order
     kc = torch.empty_like(qc)
     vc = torch.empty_like(qc)
     block_n = _block_rows(D)
-    _compress_kernel[(triton.cdiv(n_max, block_n), Hq, B)](
+    _compress_kernel[(Hq, triton.cdiv(n_max, block_n), B)](
         q, k, v, order, qc, kc, vc, *q.stride(), *k.stride(), *v.stride(),
         L, n_max, D, GROUP=Hq // Hkv, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)))
     return qc, kc, vc

@@ -147,3 +147,17 @@ def test_flex_block_mask_holds_the_same_blocks(qkv):
                 full[b, h, r, bm.full_kv_indices[b, h, r, : bm.full_kv_num_blocks[b, h, r]].long()] = True
     assert torch.equal(part, pattern.block_mask & eye)
     assert torch.equal(full, pattern.block_mask & ~eye)
+
+
+def test_stages_of_a_registry_entry(qkv):
+    """stages(entry) = the entry's own estimation and execution, composed = the backend call."""
+    from tsa_core.sparse.methods import stages
+    q, k, v = qkv
+    be = AttentionBackend("test-stages", "tsa_core.sparse.methods:sparse_attention", kind="sparse",
+                          devices=("cpu",), options={"method": "xattention", "impl": "naive", **SMALL["xattention"]})
+    estimate, run = stages(be)
+    pattern = estimate(q[:1], k[:1], 0.25)
+    staged = run(q[:1], k[:1], v[:1], pattern, 0.25)
+    torch.testing.assert_close(staged, be(q[:1], k[:1], v[:1], scale=0.25))
+    with pytest.raises(ValueError, match="not a sparse-method entry"):
+        stages("sdpa")

@@ -162,6 +162,34 @@ def run_with_pattern(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     return block_sparse_attention(q, k, v, pattern, scale=scale, out=out)
 
 
+def stages(backend):
+    """The two stages of a sparse registry entry, for benchmarks that time them apart.
+
+    ``backend``: a registry name or :class:`~tsa_core.backends.AttentionBackend` whose target
+    is :func:`sparse_attention`. Returns ``(estimate, run)`` with
+    ``estimate(q, k, scale) -> BlockPattern`` and ``run(q, k, v, pattern, scale) -> out``,
+    using the entry's method, parameters and executor (batch elements are not split by
+    ``valid_len`` here: time them on one unpadded batch).
+    """
+    from tsa_core.backends import get_backend
+    be = get_backend(backend)
+    if be.kind != "sparse" or not be.target.endswith(":sparse_attention"):
+        raise ValueError(f"backend {be.name!r} is not a sparse-method entry")
+    opts = dict(be.options)
+    method = opts.pop("method", "flexprefill")
+    executor = opts.pop("executor", "triton")
+    impl = opts.pop("impl", "auto")
+    params = make_params(method, **opts)
+
+    def estimate(q, k, scale=None):
+        return estimate_pattern(method, q, k, scale=scale, impl=impl, params=params)
+
+    def run(q, k, v, pattern, scale=None):
+        return run_with_pattern(q, k, v, pattern, scale=scale, impl=impl, executor=executor)
+
+    return estimate, run
+
+
 _LAST: Dict[str, object] = {}
 
 

@@ -19,6 +19,7 @@ EPILOG = """examples:
 def add_arguments(p) -> None:
     p.add_argument("--latency", nargs="*", default=None,
                    help="latency CSVs (default: results/latency/*.csv)")
+    p.add_argument("--gpu", default=None, help="GPU whose rows to plot (default: that of the newest row)")
     p.add_argument("--out-dir", default=str(REPO_ROOT / "results" / "figures"))
 
 
@@ -34,6 +35,11 @@ def run(args) -> int:
         print(f"read {f}", file=sys.stderr)
     df = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     df = df[df.batch == 1]
+    gpu = args.gpu or df.sort_values("timestamp").gpu.iloc[-1]
+    if gpu not in set(df.gpu):
+        raise UsageError(f"no rows from GPU {gpu!r}; have {sorted(set(df.gpu))}")
+    print(f"plotting GPU {gpu} (speedups never mix GPUs)", file=sys.stderr)
+    df = df[df.gpu == gpu]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [speedup_vs_context(df, out / "latency_speedup.png"),

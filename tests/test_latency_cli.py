@@ -42,3 +42,14 @@ def test_tiny_run_writes_tidy_csv(tmp_path, capsys):
     for metric in ["sparsity", "kept_tokens", "overhead_frac", "speedup_layer", "speedup_all_layers",
                    "overhead_vs_torch"]:
         assert metric in set(df.metric), metric
+
+
+def test_capture_from_a_tiny_model(tmp_path, capsys):
+    argv = ["latency", "--device", "cpu", "--qkv", "model:tiny-llama", "--weights", "random", "--seq-lens", "400",
+            "--min-keep", "128", "--window", "32", "--dtype", "fp32", "--warmup", "1", "--reps", "1",
+            "--no-torch-baseline", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    df = pd.read_csv(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (df.model == "model:tiny-llama").all()
+    assert df.heads.iloc[0] != 32                   # the model's own shape, not the --shape preset
+    assert df[df.stage == "check"].checked.all()

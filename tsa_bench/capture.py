@@ -55,9 +55,10 @@ def capture_from_model(model, input_ids: torch.Tensor, layer: Optional[int] = No
 
 
 def capture_qkv(model_spec: str, seq_len: int, *, layer: Optional[int] = None, batch: int = 1,
-                device="cuda", dtype=torch.bfloat16, seed: int = 0, weights: str = "auto"):
-    """Load ``model_spec`` (preset, HF id or local path) and capture one layer's Q/K/V on a
-    seeded random-token prompt of ``seq_len`` tokens."""
+                device="cuda", dtype=torch.bfloat16, seed: int = 0, weights: str = "pretrained"):
+    """Load ``model_spec`` (preset, HF id or local path; ``weights="random"`` builds a preset
+    from its bundled config) and capture one layer's Q/K/V on a seeded random-token prompt of
+    ``seq_len`` tokens."""
     from tsa_bench.hf import load_model
 
     model, _ = load_model(model_spec, method="dense", weights=weights, dtype=dtype, device=device)

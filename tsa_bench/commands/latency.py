@@ -50,6 +50,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tail", type=float, default=3.4, help="synthetic workload tail heaviness at 8k (default 3.4; grows 0.35 per doubling, calibrated to the paper's Table 3)")
     p.add_argument("--qkv", default="synthetic", help="'synthetic' (default) or 'model:<preset|hf id|path>' "
                    "to capture Q/K/V from a model layer")
+    p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"],
+                   help="with --qkv model:...: load the checkpoint (default) or build random weights")
     p.add_argument("--layer", type=int, default=None, help="layer to capture with --qkv model:... (default: middle)")
     p.add_argument("--input-sets", type=int, default=0, help="input sets rotated between calls (default: auto)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default 3)")
@@ -136,7 +138,8 @@ def run(args) -> int:
                     torch.cuda.empty_cache()
                 cache["L"] = L
                 cache["inputs"] = _inputs(args, r, L, device)
-            case = Case(L, args.batch, r["heads"], r["kv_heads"], r["head_dim"], _DTYPES[args.dtype], c, d,
+            q0, k0, _ = cache["inputs"][0]      # a captured model layer brings its own shape
+            case = Case(L, args.batch, q0.shape[1], k0.shape[1], q0.shape[3], _DTYPES[args.dtype], c, d,
                         args.sparse_frac, not args.no_torch_baseline, args.check_heads, ident)
             rows = measure(case, cache["inputs"], device, reps=args.reps, warmup=args.warmup,
                            budget_s=args.budget, dense_cache=dense_cache)
@@ -171,7 +174,7 @@ def _inputs(args, r, L, device):
         if not args.qkv.startswith("model:"):
             raise UsageError(f"--qkv must be 'synthetic' or 'model:<preset|hf id|path>', got {args.qkv!r}")
         return [capture_qkv(args.qkv[len("model:"):], L, layer=args.layer, batch=args.batch,
-                            device=device, dtype=dtype, seed=args.seed)]
+                            device=device, dtype=dtype, seed=args.seed, weights=args.weights)]
     per_set = args.batch * (r["heads"] + 2 * r["kv_heads"]) * L * r["head_dim"] * torch.tensor([], dtype=dtype).element_size()
     auto = max(1, min(4, -(-256 * 2**20 // per_set))) if device.type == "cuda" else 1
     n = args.input_sets or auto

@@ -5,8 +5,8 @@ fastest grid axis so the ``G`` query heads of a KV head run side by side and sha
 L2, and query tiles are issued last-first (the causally longest rows start early). A
 program reads its row of the pattern (``kv_cnt`` active key blocks listed in ``kv_idx``),
 walks those blocks in ``BLOCK_N``-key tiles with an online softmax in base 2 (the softmax
-scale is folded into ``qk_scale = scale * log2(e)``), and applies the causal mask only on
-tiles that reach the diagonal. Blocks that are not listed are never loaded. GQA is pointer
+scale is folded into ``qk_scale = scale * log2(e)``): all blocks left of the diagonal in an
+unmasked loop, the diagonal block (always the last list entry, if listed) in a masked one. Blocks that are not listed are never loaded. GQA is pointer
 arithmetic: query head ``h`` reads KV head ``h // G``.
 
 If the pattern has key *columns* (MInference verticals), a second loop gathers them
@@ -36,6 +36,45 @@ _NEG_BIG = -1.0e30  # finite running-max start (avoids inf - inf = NaN)
 
 
 @triton.jit
+def _attend_blocks(acc, m_i, l_i, q, k_base, v_base, idx_row, it_lo, it_hi, offs_m, offs_n, offs_d, mask_d,
+                   stride_kl, stride_kd, stride_vl, stride_vd, L, qk_scale,
+                   BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                   EVEN_D: tl.constexpr, UPCAST: tl.constexpr):
+    """Online softmax over listed key tiles ``it_lo..it_hi-1`` (``BLOCK_SIZE // BLOCK_N`` tiles
+    per listed block). ``MASKED``: causal + length masks (the diagonal block); otherwise the
+    tiles are strictly left of the diagonal, hence full and unmasked."""
+    N_SUB: tl.constexpr = BLOCK_SIZE // BLOCK_N
+    for it in range(it_lo, it_hi):
+        kb = tl.load(idx_row + it // N_SUB)
+        offs_k = kb * BLOCK_SIZE + (it % N_SUB) * BLOCK_N + offs_n
+        k_ptrs = k_base + offs_k[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd
+        v_ptrs = v_base + offs_k[:, None].to(tl.int64) * stride_vl + offs_d[None, :] * stride_vd
+        if MASKED:
+            mask_k = offs_k < L
+            kt = tl.load(k_ptrs, mask=mask_d[:, None] & mask_k[None, :], other=0.0)   # [BLOCK_D, BLOCK_N]
+            vt = tl.load(v_ptrs, mask=mask_k[:, None] & mask_d[None, :], other=0.0)   # [BLOCK_N, BLOCK_D]
+        elif EVEN_D:
+            kt = tl.load(k_ptrs)
+            vt = tl.load(v_ptrs)
+        else:
+            kt = tl.load(k_ptrs, mask=mask_d[:, None], other=0.0)
+            vt = tl.load(v_ptrs, mask=mask_d[None, :], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            vt = vt.to(tl.float32)
+        s = tl.dot(q, kt)                                                           # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            s = tl.where(offs_k[None, :] <= offs_m[:, None], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)                      # log2 units
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
 def _bsa_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, idx_ptr, cnt_ptr, cols_ptr, col_cnt_ptr, bmask_ptr,
     stride_qb, stride_qh, stride_ql, stride_qd,
@@ -43,7 +82,7 @@ def _bsa_fwd_kernel(
     stride_vb, stride_vh, stride_vl, stride_vd,
     stride_ob, stride_oh, stride_ol, stride_od,
     L, D, n_qb, max_blocks, max_cols, qk_scale,
-    GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     HAS_COLS: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -53,7 +92,8 @@ def _bsa_fwd_kernel(
     pid_b = tl.program_id(2)
     H = tl.num_programs(0)
     kv_h = pid_h // GROUP
-    row = (pid_b * H + pid_h) * n_qb + (tile * BLOCK_M) // BLOCK_SIZE   # flat pattern row
+    q_block = (tile * BLOCK_M) // BLOCK_SIZE
+    row = (pid_b * H + pid_h) * n_qb + q_block                # flat pattern row
     start_m = tile * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -72,29 +112,19 @@ def _bsa_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    n_iter = tl.load(cnt_ptr + row) * N_SUB
+    # The list is ascending and causal (BlockPattern.from_mask drops blocks above the
+    # diagonal), so only its last entry can be the diagonal block: every other block is
+    # attended without masks, the diagonal one (if listed) in a second, masked loop.
+    cnt = tl.load(cnt_ptr + row)
     idx_row = idx_ptr + row.to(tl.int64) * max_blocks
-    for it in range(0, n_iter):
-        kb = tl.load(idx_row + it // N_SUB)
-        start_n = kb * BLOCK_SIZE + (it % N_SUB) * BLOCK_N
-        offs_k = start_n + offs_n
-        mask_k = offs_k < L
-        kt = tl.load(k_base + offs_k[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd,
-                     mask=mask_d[:, None] & mask_k[None, :], other=0.0)         # [BLOCK_D, BLOCK_N]
-        vt = tl.load(v_base + offs_k[:, None].to(tl.int64) * stride_vl + offs_d[None, :] * stride_vd,
-                     mask=mask_k[:, None] & mask_d[None, :], other=0.0)         # [BLOCK_N, BLOCK_D]
-        if UPCAST:
-            kt = kt.to(tl.float32)
-            vt = vt.to(tl.float32)
-        s = tl.dot(q, kt)                                                       # [BLOCK_M, BLOCK_N]
-        if start_n + BLOCK_N > start_m:          # the tile reaches the diagonal: causal mask
-            s = tl.where(offs_k[None, :] <= offs_m[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)                  # log2 units
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s * qk_scale - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])
-        m_i = m_new
+    last = tl.load(idx_row + tl.maximum(cnt - 1, 0))
+    n_full = cnt - ((cnt > 0) & (last == q_block)).to(tl.int32)
+    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, k_base, v_base, idx_row, 0, n_full * N_SUB,
+                                   offs_m, offs_n, offs_d, mask_d, stride_kl, stride_kd, stride_vl, stride_vd,
+                                   L, qk_scale, BLOCK_SIZE, BLOCK_N, False, EVEN_D, UPCAST)
+    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, k_base, v_base, idx_row, n_full * N_SUB, cnt * N_SUB,
+                                   offs_m, offs_n, offs_d, mask_d, stride_kl, stride_kd, stride_vl, stride_vd,
+                                   L, qk_scale, BLOCK_SIZE, BLOCK_N, True, EVEN_D, UPCAST)
 
     if HAS_COLS:
         n_cols = tl.load(col_cnt_ptr + row)
@@ -202,7 +232,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             L, D, pattern.kv_cnt.shape[-1], pattern.kv_idx.shape[-1],
             pattern.cols.shape[-1] if has_cols else 0, scale * _LOG2E)
-    meta = dict(GROUP=Hq // Hkv, BLOCK_SIZE=bs, BLOCK_D=max(16, next_pow2(D)), HAS_COLS=has_cols,
+    block_d = max(16, next_pow2(D))
+    meta = dict(GROUP=Hq // Hkv, BLOCK_SIZE=bs, BLOCK_D=block_d, EVEN_D=block_d == D, HAS_COLS=has_cols,
                 UPCAST=upcast_loads(q.dtype))
     if block_m is not None or interpreter_on() or q.device.type != "cuda":
         bm = block_m or min(bs, 32)

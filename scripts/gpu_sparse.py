@@ -36,8 +36,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="examples:\n  PYTHONPATH=. python3 scripts/gpu_sparse.py --out $OUT\n"
-                                       "  PYTHONPATH=. python3 scripts/gpu_sparse.py --out /tmp/sp --tiny")
-    p.add_argument("--out", required=True, help="directory for the CSV")
+                                       "  PYTHONPATH=. python3 scripts/gpu_sparse.py --out /tmp/sp --tiny\n"
+                                       "  PYTHONPATH=. python3 scripts/gpu_sparse.py --out results/figures "
+                                       "--plot-only results/sparse/<run>.csv")
+    p.add_argument("--out", required=True, help="directory for the CSV and the figure")
+    p.add_argument("--plot-only", metavar="CSV", help="only redraw the figure of an existing CSV into --out")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU + TRITON_INTERPRET=1 smoke test)")
     p.add_argument("--seq-len", type=int, default=131072, help="sequence length (default 131072)")
     p.add_argument("--density", type=float, default=0.10, help="block density of the kernel benchmark")
@@ -352,7 +355,63 @@ def part_tsa(run: Run, ctx):
     print("  paper (A100, FA2 baseline): FlexPrefill x2.44, +TSA(0.005) x2.76 -> ratio 1.13")
 
 
+def plot(csv_path, out_dir) -> str:
+    """Two panels from one CSV: (a) kernel latencies at the benchmark density vs dense
+    baselines; (b) each method's total split into estimation and attention. Returns the PNG path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from pathlib import Path
+
+    df = pd.read_csv(csv_path)
+    lat = df[df.metric == "latency_ms"]
+    L = int(df.seq_len.iloc[0])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    kern = lat[(lat.stage == "attention") & lat.task.isna()]
+    labels = [f"{m}\n{b}" + (f"\ndensity {kr:.2f}" if pd.notna(kr) else "")
+              for m, b, kr in zip(kern.method, kern.backend, kern.keep_ratio)]
+    ax = axes[0]
+    ax.bar(range(len(kern)), kern.value, yerr=[kern.value - kern.lo, kern.hi - kern.value], capsize=3,
+           color=["#888" if m == "dense" else "#3a7" for m in kern.method])
+    ax.set_xticks(range(len(kern)), labels, fontsize=7)
+    ax.set_ylabel("ms (median, p20-p80)")
+    ax.set_title(f"(a) attention kernels, L={L}")
+    ax = axes[1]
+    meth = [m for m in ("flexprefill", "xattention", "minference") if ((lat.method == m) & (lat.stage == "total")).any()]
+    est = [lat[(lat.method == m) & (lat.stage == "estimate")].value.iloc[0] for m in meth]
+    tot = [lat[(lat.method == m) & (lat.stage == "total")].value.iloc[0] for m in meth]
+    ax.bar(range(len(meth)), est, color="#d84", label="pattern estimation")
+    ax.bar(range(len(meth)), [t - e for t, e in zip(tot, est)], bottom=est, color="#3a7", label="rest (attention)")
+    tsa = lat[(lat.method == "flexprefill+tsa") & (lat.stage == "total")]
+    if len(tsa):
+        ax.bar([len(meth)], tsa.value, color="#37a", label="FlexPrefill + TSA (total)")
+        meth = meth + ["flexprefill\n+tsa(0.005)"]
+        tot = tot + [tsa.value.iloc[0]]
+    dense = lat[(lat.method == "dense") & lat.backend.isin(["sdpa-flash", "sdpa"])]
+    if len(dense):
+        ax.axhline(dense.value.iloc[0], color="#888", ls="--", lw=1, label=f"dense {dense.backend.iloc[0]}")
+        for x, t in enumerate(tot):
+            ax.text(x, t, f"x{dense.value.iloc[0] / t:.3g}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(meth)), meth, fontsize=8)
+    ax.set_ylabel("ms (median)")
+    ax.set_title("(b) methods on the synthetic workload (speedup vs dense)")
+    ax.legend(fontsize=7, loc="best")
+    gpu = str(df.gpu.iloc[0]) if "gpu" in df else ""
+    fig.suptitle(f"sparse methods, {gpu}, {Path(csv_path).name}", fontsize=9)
+    fig.tight_layout()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out = str(Path(out_dir) / (Path(csv_path).stem + ".png"))
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
 def main(args) -> int:
+    if args.plot_only:
+        print(f"read {args.plot_only}")
+        print(plot(args.plot_only, args.out))
+        return 0
     if args.tiny:
         device = torch.device("cpu")
     else:
@@ -376,6 +435,10 @@ def main(args) -> int:
     writer = ResultWriter("sparse", cfg, device=str(device), out_dir=args.out)
     writer.add(run.rows)
     path = writer.write()
+    try:
+        print(f"figure: {plot(path, args.out)}")
+    except Exception as e:  # noqa: BLE001 - the CSV is the result; the figure can be redrawn
+        print(f"figure failed: {e!r}")
     print(f"elapsed {run.elapsed():.1f} s; correctness gates failed: {run.failed or 'none'}")
     print(path)
     return 1 if run.failed else 0

@@ -13,19 +13,21 @@ PY=${PYTHON:-python3}
 export PYTHONPATH=. HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export TSA_BENCH_CACHE="$OUT/cache"
 mkdir -p "$OUT"
+DEVICE=${DEVICE:-cuda} LENS=${LENS:-4k,32k} N=${N:-4}      # overridable for a CPU rehearsal
 COMMON=(--model tiny-llama --weights random --tokenizer toy --data generated --words builtin
-        --device cuda --dtype bf16 --no-progress)
+        --device "$DEVICE" --dtype bf16 --no-progress)
+EXPECT=$(( 13 * $(tr ',' '\n' <<< "$LENS" | wc -l) * N ))
 
 pipeline() {
   for m in dense tsa; do
-    $PY -m tsa_bench ruler "${COMMON[@]}" --method "$m" --tau 0.005 --seq-lens 4k,32k -n 4 \
+    $PY -m tsa_bench ruler "${COMMON[@]}" --method "$m" --tau 0.005 --seq-lens "$LENS" -n "$N" \
         --out-dir "$OUT/ruler" 2>&1 | tee "$OUT/ruler_$m.log"
   done
   # resume: the same command again must find every sample already scored and run none
-  $PY -m tsa_bench ruler "${COMMON[@]}" --method tsa --tau 0.005 --seq-lens 4k,32k -n 4 \
+  $PY -m tsa_bench ruler "${COMMON[@]}" --method tsa --tau 0.005 --seq-lens "$LENS" -n "$N" \
       --out-dir "$OUT/ruler" 2>&1 | tee "$OUT/ruler_tsa_resume.log"
-  grep -q "(104 already scored)" "$OUT/ruler_tsa_resume.log" && echo "resume check: OK (nothing re-run)"
-  $PY -m tsa_bench niah "${COMMON[@]}" --method tsa --tau 0.005 --seq-lens 4k,32k --depths 5 \
+  if grep -q "($EXPECT already scored)" "$OUT/ruler_tsa_resume.log"; then echo "resume check: OK ($EXPECT scored, nothing re-run)"; else echo "resume check: FAILED"; exit 1; fi
+  $PY -m tsa_bench niah "${COMMON[@]}" --method tsa --tau 0.005 --seq-lens "$LENS" --depths 5 \
       --out-dir "$OUT/niah" 2>&1 | tee "$OUT/niah_tsa.log"
 }
 

@@ -1,6 +1,7 @@
 """RULER generator: determinism, the token budget, recoverable answers, structure vs the spec."""
 import hashlib
 import json
+import os
 import re
 
 import pytest
@@ -239,6 +240,8 @@ def test_templates_match_lm_eval_port_strings():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("TSA_BENCH_SLOW_TESTS"),
+                    reason="about a minute of CPU: set TSA_BENCH_SLOW_TESTS=1 to run")
 def test_niah_structure_matches_lm_eval_port(tok, generated, monkeypatch):
     """Cross-check with lm-eval's RULER port (noise haystack; no network, no nltk data).
     Slow (about a minute): importing the port builds its 6M-entry word list."""
@@ -263,3 +266,33 @@ def test_niah_structure_matches_lm_eval_port(tok, generated, monkeypatch):
         # lengths comparable: their linear search (25/5-line steps) lands below our bracketed search
         assert b["length"] <= a["length"] + a["tokens_to_generate"] + 1 <= 2048
         assert b["length"] >= 0.85 * 2048
+
+
+def test_local_essay_folder_is_used_and_repeated_when_short(tok, tmp_path):
+    folder = tmp_path / "essays"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Startups grow fast. Most of them fail anyway.\n\nWhy? Nobody knows.")
+    (folder / "b.txt").write_text("Good writing is rewriting. Read it aloud.")
+    gen = Generator(tok, GenConfig(data="real", essays=str(folder), words="builtin"), cache_dir=tmp_path / "c",
+                    log=lambda m: None)
+    (s,) = gen.samples("niah_single_2", 1024, 1)
+    assert s["source"].startswith("essays:file:essays")
+    assert s["input"].count("Good writing is rewriting.") > 5          # the short corpus repeats
+    assert f"is: {s['outputs'][0]}." in s["input"] and s["length"] + 128 <= 1024
+
+
+@pytest.mark.parametrize("f", [lambda s: 3 * s + 10, lambda s: int(2.7 * s) + (s // 97) * 5,
+                               lambda s: s * s // 50 + 7], ids=["linear", "steps", "convex"])
+def test_budget_search_finds_the_largest_fitting_size_in_few_steps(f):
+    from tasks.ruler.generate import _search
+    calls = []
+
+    def measure(s):
+        calls.append(s)
+        return f(s)
+    budget = 131_072
+    size, n = _search(measure, budget, 1, 5)
+    assert n == f(size) <= budget < f(size + 1)
+    assert len(calls) <= 40                     # a linear crawl from 5 would take thousands
+    size2, _ = _search(measure, budget, 1, 5, hi=100)
+    assert size2 == min(size, 100)

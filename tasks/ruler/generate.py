@@ -228,40 +228,38 @@ class _Sampler:
 
 
 def _search(measure: Callable[[int], int], budget: int, lo: int, guess: int,
-            fits_lo: Optional[int] = None) -> Tuple[int, int]:
-    """Largest size ``s >= lo`` with ``measure(s) <= budget``; returns ``(s, measure(s))``.
+            fits_lo: Optional[int] = None, hi: Optional[int] = None) -> Tuple[int, int]:
+    """Largest size ``lo <= s <= hi`` with ``measure(s) <= budget``; returns ``(s, measure(s))``.
 
-    ``measure`` must be (close to) non-decreasing. Interpolation inside a bracket, bisection
-    when interpolation does not shrink it. Raises ``ValueError`` if even ``lo`` overflows.
+    ``measure`` must be (close to) non-decreasing. Interpolation inside a ``[fits, overflows]``
+    bracket, with every third step a bisection so a poor interpolation cannot crawl. Raises
+    ``ValueError`` if even ``lo`` overflows.
     """
     n_lo = fits_lo if fits_lo is not None else measure(lo)
     if n_lo > budget:
         raise ValueError(f"even the smallest haystack ({lo}) needs {n_lo} tokens > budget {budget}")
     good, n_good = lo, n_lo
-    bad: Optional[int] = None
+    bad: Optional[int] = (hi + 1) if hi is not None else None
     s = max(guess, lo + 1)
-    for _ in range(64):
+    for step in range(64):
+        if bad is not None and bad - good <= 1:
+            break
+        if bad is not None:
+            s = min(max(s, good + 1), bad - 1)
         n = measure(s)
         if n <= budget:
             good, n_good = s, n
         else:
             bad = s
         if bad is not None and bad - good <= 1:
-            return good, n_good
-        rate = max((n - n_lo) / max(1, s - lo), 1e-3) if s != lo else 1.0
+            break
+        rate = max((n - n_lo) / max(1, s - lo), 1e-3)
         if bad is None:   # grow: interpolate to the budget, at least +1, at most x4
-            nxt = good + max(1, int((budget - n_good) / rate))
-            nxt = min(nxt, good * 4 + 16)
-            if nxt <= good:
-                nxt = good + 1
+            s = min(good + max(1, int((budget - n_good) / rate)), good * 4 + 16)
         else:
-            nxt = good + int((budget - n_good) / rate)
-            if not good < nxt < bad:
-                nxt = (good + bad) // 2
-            # bias toward closing the bracket when interpolation lands next to an end
-            if nxt == good:
-                nxt = (good + bad) // 2
-        s = nxt
+            s = good + int((budget - n_good) / rate)
+            if step % 3 == 2 or not good < s < bad:
+                s = (good + bad) // 2
     return good, n_good
 
 
@@ -280,7 +278,7 @@ def fit_size(sampler: _Sampler, budget: int, probe_seed: str) -> int:
     n_small = probe(small)
     rate = max((n_small - n_lo) / max(1, small - lo), 1e-3)
     guess = max(lo + 1, lo + int((budget - n_lo) / rate))
-    size, n = _search(probe, budget, lo, guess, fits_lo=n_lo)
+    size, n = _search(probe, budget, lo, guess, fits_lo=n_lo, hi=T.max_size(sampler.spec, sampler.res))
     sampler.unit_tokens = max(1.0, (n - n_lo) / max(1, size - lo))
     return size
 
@@ -303,6 +301,11 @@ def make_sample(sampler: _Sampler, cfg: GenConfig, length: int, index: int, size
         # by the measured tokens per unit, halving the jump when it overshoots
         if step == 0:
             step = max(1, int((length - n) / unit) - 1)
+        cap = T.max_size(spec, sampler.res)
+        if cap is not None:
+            step = min(step, cap - size)
+            if step <= 0:
+                break
         cand = sampler.make(rs, size + step, index)
         tries += 1
         if cand[2] <= length:
@@ -413,8 +416,10 @@ class Generator:
         os.replace(tmp, path)
         return have + new
 
-    def generate(self, task_names: Sequence[str], lengths: Sequence[int], n: int,
-                 progress: bool = False) -> Dict[Tuple[str, int], List[Dict[str, object]]]:
+    def generate(self, task_names: Sequence[str], lengths: Sequence[int], n: int, progress: bool = False,
+                 keep: bool = True) -> Dict[Tuple[str, int], List[Dict[str, object]]]:
+        """Make sure every (task, length) file holds ``n`` samples; return them unless ``keep``
+        is False (128K prompts are about 0.5 MB each: load one length at a time instead)."""
         out = {}
         pairs = [(t, L) for L in lengths for t in task_names]
         bar = None
@@ -423,7 +428,9 @@ class Generator:
             bar = tqdm(total=len(pairs), desc="generate", unit="task")
         for t, L in pairs:
             t0 = time.perf_counter()
-            out[(t, L)] = self.samples(t, L, n)
+            got = self.samples(t, L, n)
+            if keep:
+                out[(t, L)] = got
             if bar is not None:
                 bar.set_postfix_str(f"{t}@{L} {time.perf_counter() - t0:.1f}s")
                 bar.update(1)

@@ -254,13 +254,19 @@ def _cwe_list(rng: random.Random, words: Sequence[str], num_words: int, rep_c: i
     return " ".join(f"{i + 1}. {w}" for i, w in enumerate(seq)), common
 
 
+def cwe_pool_size(max_length: int) -> int:
+    """Distinct words cwe may draw from at ``max_length``: enough for any tokenizer that spends
+    at least 2 tokens per list entry ("12. word")."""
+    return max(256, max_length // 6)
+
+
 def build_cwe(spec: TaskSpec, res: Resources, rng: random.Random, size: int) -> Built:
     p = spec.params
     num_c = int(p["num_cw"])
     size = max(size, num_c + 1)
     # A fixed pool per length (the lists, then pseudo-words if the length needs more), so the
     # token count grows monotonically with ``size`` and the budget search stays a search.
-    words = vocab.cwe_words(res.word_pool, max(256, res.max_length // 6))
+    words = vocab.cwe_words(res.word_pool, cwe_pool_size(res.max_length))
     if size > len(words):
         raise ValueError(f"cwe needs {size} distinct words, the pool holds {len(words)}")
     if res.max_length >= 4096:
@@ -365,6 +371,13 @@ def min_size(spec: TaskSpec) -> int:
     if spec.kind == "qa":
         return 1
     return 1
+
+
+def max_size(spec: TaskSpec, res: Resources) -> Optional[int]:
+    """Largest size the builder accepts (cwe: the word pool), or None when unbounded."""
+    if spec.kind == "cwe":
+        return len(vocab.cwe_words(res.word_pool, cwe_pool_size(res.max_length)))
+    return None
 
 
 def size_estimate(spec: TaskSpec, max_length: int) -> int:

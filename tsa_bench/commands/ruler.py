@@ -71,7 +71,8 @@ def add_model_arguments(p) -> None:
 def add_data_arguments(p) -> None:
     """Tokenizer, template and corpus flags shared by ``ruler`` and ``niah``."""
     p.add_argument("--template", default="auto", choices=["auto", "base", "chat", "meta-llama3"],
-                   help="model template: auto = the tokenizer's chat template if it has one, else base")
+                   help="model template: auto = meta-llama3 for Llama-3 tokenizers, else the tokenizer's chat "
+                        "template if it has one, else base (the TSA paper used base for Mistral)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer path or HF id (default: the model's); 'toy' = the project's offline BPE "
                         "(sized to the model's vocabulary)")
@@ -127,9 +128,14 @@ def load_tokenizer(spec: Optional[str], model_tokenizer=None, vocab_size: Option
 
 
 def resolve_template(template: str, tokenizer) -> str:
-    if template == "auto":
-        return "chat" if getattr(tokenizer, "chat_template", None) else "base"
-    return template
+    """``auto``: RULER's ``meta-llama3`` for Llama-3 tokenizers (what RULER and the TSA paper use),
+    else the tokenizer's chat template if it has one, else ``base``."""
+    if template != "auto":
+        return template
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if getattr(tokenizer, "bos_token", None) == "<|begin_of_text|>" and "<|start_header_id|>" in vocab:
+        return "meta-llama3"
+    return "chat" if getattr(tokenizer, "chat_template", None) else "base"
 
 
 def uses_tsa(method: str) -> bool:
@@ -465,26 +471,28 @@ def run(args) -> int:
         return 0
 
     model, tok, template, gen = setup(args, device, need_model=not args.generate_only)
-    data = gen.generate(tasks, lengths, args.num_samples, progress=not args.no_progress)
+    gen.generate(tasks, lengths, args.num_samples, progress=not args.no_progress, keep=False)
     if args.generate_only:
-        for (t, L) in data:
-            print(gen.path(t, L))
+        for L in lengths:
+            for t in tasks:
+                print(gen.path(t, L))
         return 0
 
     key_parts, identity, key = run_identity(args, gen, template)
     out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "results" / "ruler"
     plog = open_predictions(args, out_dir, key)
     timings: Dict[int, Timing] = {}
+    wanted = set()
     try:
-        for L in lengths:
-            samples = [s for t in tasks for s in data[(t, L)]]
+        for L in lengths:                    # one length in memory at a time
+            samples = [s for t in tasks for s in gen.samples(t, L, args.num_samples)]
+            wanted.update(s["id"] for s in samples)
             timings[L] = evaluate_samples(model, tok, samples, plog, device=device,
                                           progress=not args.no_progress, desc=f"ruler {fmt_length(L)}",
                                           warn=lambda m: print(m, file=sys.stderr))
     finally:
         plog.close()
 
-    wanted = {s["id"] for v in data.values() for s in v}
     records = [r for i, r in plog.done.items() if i in wanted]
     extra = dict(template=template, predictions=str(plog.path))
     rows, table = score_rows(records, tasks, lengths, identity, extra)

@@ -154,3 +154,16 @@ def test_per_layer_configs_override_the_shared_one():
     assert stats[3].dense and stats[3].reason == "tau = 0"
     with pytest.raises(ValueError, match="not one of the sparse layers"):
         configure_tsa(model, method="tsa", tsa_config=SMALL, sparse_layers=[2], layer_configs={3: SMALL})
+
+
+def test_profile_json_is_accepted_and_checked(tmp_path):
+    import json
+
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"sparse_layers": [1, 3], "num_layers": 4}))
+    assert resolve_sparse_layers(str(path), 4)[0] == (1, 3)
+    with pytest.raises(ValueError, match="4-layer model"):
+        resolve_sparse_layers(str(path), 6)
+    path.write_text("{}")
+    with pytest.raises(ValueError, match="no 'sparse_layers'"):
+        resolve_sparse_layers(str(path), 4)

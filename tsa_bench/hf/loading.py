@@ -84,6 +84,9 @@ def resolve_sparse_layers(spec: LayerSpec, num_layers: int, *, tsa_config: Optio
             return check_layers(preset.sparse_layers, num_layers), f"preset {preset.name}: {preset.sparse_layers_source}"
         if s.endswith(".json") or os.path.isfile(s):
             prof = load_profile(s)
+            if prof.get("num_layers") not in (None, num_layers):
+                raise ValueError(f"profile {s} was measured on a {prof['num_layers']}-layer model; "
+                                 f"this model has {num_layers} layers")
             return check_layers(prof["sparse_layers"], num_layers), f"profile {s}"
         return check_layers(parse_layer_spec(s), num_layers), "given explicitly"
     if spec is not None:

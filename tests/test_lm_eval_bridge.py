@@ -68,5 +68,10 @@ def test_tsa_hf_loads_the_plan_from_model_args(model_dir):
     plan = tsa_plan(lm.model)
     assert plan.method == "tsa" and plan.tsa.tau == 0.02 and plan.tsa.window == 16
     assert plan.sparse_layers == (1,)
+    from tsa_bench.hf import last_stats
+    with torch.inference_mode():
+        lm.model(torch.randint(10, 1000, (1, 300), generator=torch.Generator().manual_seed(0)))
+    stats = last_stats(lm.model)
+    assert stats[1].dense is False and stats[0].dense is True      # TSA ran in the selected layer only
     with pytest.raises(ValueError, match="only applies to TSA methods"):
         TSAHFLM(pretrained=str(model_dir), method="dense", tau=0.01, device="cpu")

@@ -183,11 +183,22 @@ class TokenCounter:
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._batch = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
         self.full_calls = 0
+        self._anchor: Optional[int] = None
+
+    ANCHOR = "x"
 
     def _encode_many(self, texts: List[str]) -> List[int]:
         if self._batch is not None:
             return [len(e.ids) for e in self._batch(texts, add_special_tokens=False)]
         return [len(x) for x in self.tok(texts, add_special_tokens=False)["input_ids"]]
+
+    def _encode_inner(self, texts: List[str]) -> List[int]:
+        """Counts of pieces that follow other text: measured after an anchor word and minus the
+        anchor's own count, so tokenizers that prepend a word-boundary marker to every input
+        (SentencePiece's "▁") do not count it once per piece."""
+        if self._anchor is None:
+            self._anchor = self._encode_many([self.ANCHOR])[0]
+        return [n - self._anchor for n in self._encode_many([self.ANCHOR + t for t in texts])]
 
     def count(self, prompt: str) -> int:
         """Sum of memoised counts: the first piece as is, every later one with its leading space."""
@@ -198,7 +209,7 @@ class TokenCounter:
             if len(cache) + len(missing) > self.MAX_CACHE:
                 cache.clear()
                 missing = list(set(parts[1:]))
-            cache.update(zip(missing, self._encode_many([" " + p for p in missing])))
+            cache.update(zip(missing, self._encode_inner([" " + p for p in missing])))
         first = self._encode_many([parts[0]])[0] if parts[0] else 0
         extra = 0 if (self.bos and prompt.startswith(self.bos)) else self.n_special
         return extra + first + sum(map(cache.__getitem__, parts[1:]))

@@ -53,3 +53,19 @@ def test_capture_from_a_tiny_model(tmp_path, capsys):
     assert (df.model == "model:tiny-llama").all()
     assert df.heads.iloc[0] != 32                   # the model's own shape, not the --shape preset
     assert df[df.stage == "check"].checked.all()
+
+
+def test_dry_run_with_sparse_methods(capsys):
+    argv = ["latency", "--dry-run", "--method", "tsa,flexprefill,flexprefill+tsa", "--seq-lens", "32k",
+            "--tau", "0.005,0.01"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    # the method alone does not depend on tau: one case; TSA and the composition: one per tau
+    assert out.count("method=flexprefill ") == 1 and out.count("method=flexprefill+tsa") == 2
+    assert out.count("method=tsa ") == 2
+
+
+def test_unknown_or_dense_method_is_a_usage_error(capsys):
+    assert main(["latency", "--dry-run", "--method", "sdpa-flash+tsa"]) == 2
+    assert "not a sparse method" in capsys.readouterr().err
+    assert main(["latency", "--dry-run", "--method", "nope"]) == 2

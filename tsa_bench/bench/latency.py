@@ -42,6 +42,7 @@ class Case:
     dtype: torch.dtype
     config: TSAConfig
     dense: str
+    method: str = "tsa"          # "tsa", "<sparse>" or "<sparse>+tsa"
     sparse_frac: float = 0.5
     torch_baseline: bool = True
     check_heads: int = 2
@@ -82,7 +83,8 @@ def _select_stage(ops, scores, cfg, L):
     return order
 
 
-def check(q, k, v, st, cfg: TSAConfig, scale: float, heads: List[int]) -> Dict[str, float]:
+def check(q, k, v, st, cfg: TSAConfig, scale: float, heads: List[int],
+          dense_kernel: bool = True) -> Dict[str, float]:
     """Correctness of one TSA run on a subset of (batch 0) heads, against PyTorch references.
 
     * scores: our kernel vs the float32 reference (relative RMS error);
@@ -107,10 +109,14 @@ def check(q, k, v, st, cfg: TSAConfig, scale: float, heads: List[int]) -> Dict[s
     o_err, lp_err, zero_ok = 0.0, 0.0, True
     for h in heads:
         idx = st["order"][0, h, :n].long()
-        qc, kc, vc = q[0, h, idx], k[0, h // G, idx], v[0, h // G, idx]
-        ref = _causal_attention(qc.double(), kc.double(), vc.double(), scale)
-        lowp = _causal_attention(qc, kc, vc, scale).double()
         got = st["out"][0, idx, h].double()
+        if dense_kernel:
+            qc, kc, vc = q[0, h, idx], k[0, h // G, idx], v[0, h // G, idx]
+            ref = _causal_attention(qc.double(), kc.double(), vc.double(), scale)
+            lowp = _causal_attention(qc, kc, vc, scale).double()
+        else:       # a sparse kernel ran on the kept tokens: the scatter must hold its rows
+            ref = st["out_c"][0, h, :n].double()
+            lowp = ref
         o_err = max(o_err, ((got - ref).norm() / ref.norm()).item())
         lp_err = max(lp_err, ((lowp - ref).norm() / ref.norm()).item())
         dropped = torch.ones(L, dtype=torch.bool, device=q.device)
@@ -146,13 +152,17 @@ def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: 
     sweep that share inputs, so the slowest measurement is made once.
     """
     cfg, L = case.config, case.seq_len
-    backend = get_backend(case.dense)
+    sparse_name = None if case.method == "tsa" else case.method.split("+")[0]
+    with_tsa = case.method == "tsa" or case.method.endswith("+tsa")
+    backend = get_backend(sparse_name or case.dense)
+    dense_backend = get_backend(case.dense)
     scale = 1.0 / math.sqrt(case.head_dim)
     ops = resolve_ops("auto", device)
     ident = dict(case.identity, seq_len=L, batch=case.batch, heads=case.heads, kv_heads=case.kv_heads,
                  head_dim=case.head_dim, dtype=str(case.dtype).replace("torch.", ""),
                  tau=cfg.tau if cfg.keep_ratio is None else None, keep_ratio=cfg.keep_ratio,
                  backend=backend.name)
+    heads = list(range(min(case.check_heads, case.heads)))
     nset = len(inputs)
     tkw = dict(reps=reps, warmup=warmup, budget_s=budget_s)
     rows: List[dict] = []
@@ -161,6 +171,32 @@ def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: 
         rows.append(row("latency_ms", t.median, lo=t.p20, hi=t.p80, n=t.n, checked=checked,
                         method=method, stage=stage, **ident))
 
+    dense_key = (L, case.batch, dense_backend.name)
+    if dense_cache is not None and dense_key in dense_cache:
+        t_dense = dense_cache[dense_key]
+    else:
+        t_dense = time_fn(lambda i: dense_backend(*inputs[i % nset], scale=scale), device, **tkw)
+        if dense_cache is not None:
+            dense_cache[dense_key] = t_dense
+    dense_ident = dict(ident, backend=dense_backend.name)
+    rows.append(row("latency_ms", t_dense.median, lo=t_dense.p20, hi=t_dense.p80, n=t_dense.n,
+                    method="dense", stage="total", **dense_ident))
+    t_sparse_full = None
+    if sparse_name is not None:
+        key = (L, case.batch, sparse_name, "alone")
+        if dense_cache is not None and key in dense_cache:
+            t_sparse_full = dense_cache[key]
+        else:
+            srows, t_sparse_full, ok = measure_sparse_alone(sparse_name, dict(ident, tau=None, keep_ratio=None),
+                                                            inputs, device, scale, tkw, heads)
+            srows += _derived(sparse_name, t_dense.median, t_sparse_full.median, 0.0, t_sparse_full.median, 1.0,
+                              dict(ident, tau=None, keep_ratio=None), ok)
+            rows += [r for r in srows if r["metric"] not in ("overhead_ms", "overhead_frac", "overhead_inline_ms",
+                                                             "total_over_kept_attention")]
+            if dense_cache is not None:
+                dense_cache[key] = t_sparse_full
+        if not with_tsa:
+            return rows
     # -- our pipeline: intermediates per input set, correctness gate on set 0 --------------
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -168,19 +204,27 @@ def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: 
         base = torch.cuda.memory_allocated(device)
     inter = [_run_stages(ops, *inputs[i], cfg, backend, scale) for i in range(nset)]
     st0 = inter[0]
-    gate = check(*inputs[0], st0, cfg, scale, list(range(min(case.check_heads, case.heads))))
+    tsa_name = "tsa" if sparse_name is None else f"{sparse_name}+tsa"
+    gate = check(*inputs[0], st0, cfg, scale, heads, dense_kernel=sparse_name is None)
     passed = bool(gate.pop("passed"))
     for name, value in gate.items():
-        rows.append(row(name, value, checked=passed, method="tsa", stage="check", **ident))
+        rows.append(row(name, value, checked=passed, method=tsa_name, stage="check", **ident))
+    if sparse_name is not None:   # the sparse kernel on the kept tokens, against its own pattern
+        from tsa_core.sparse.methods import stages
+        estimate, run = stages(sparse_name)
+        pat = estimate(st0["qkv_c"][0], st0["qkv_c"][1], scale)
+        sgate = check_sparse(*st0["qkv_c"], run(*st0["qkv_c"], pat, scale), pat, scale, heads)
+        ok = bool(sgate.pop("passed"))
+        passed &= ok
+        for name, value in sgate.items():
+            rows.append(row(name, value, checked=ok, method=tsa_name, stage="check", **ident))
+        rows.append(row("block_density", float(pat.density().float().mean()), method=tsa_name,
+                        stage="estimate", **ident))
+        t_est = time_fn(lambda i: estimate(inter[i % nset]["qkv_c"][0], inter[i % nset]["qkv_c"][1], scale),
+                        device, **tkw)
+        rows.append(row("latency_ms", t_est.median, lo=t_est.p20, hi=t_est.p80, n=t_est.n, checked=passed,
+                        method=tsa_name, stage="estimate", **ident))
 
-    dense_key = (L, case.batch, backend.name)
-    if dense_cache is not None and dense_key in dense_cache:
-        t_dense = dense_cache[dense_key]
-    else:
-        t_dense = time_fn(lambda i: backend(*inputs[i % nset], scale=scale), device, **tkw)
-        if dense_cache is not None:
-            dense_cache[dense_key] = t_dense
-    add_timing("dense", "total", t_dense, passed)
     t = {
         "score": time_fn(lambda i: ops.score(inputs[i % nset][0], inputs[i % nset][1], cfg.window, scale),
                          device, **tkw),
@@ -192,7 +236,7 @@ def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: 
                                                     inter[i % nset]["n_kept"], L), device, **tkw),
     }
     for stage, tt in t.items():
-        add_timing("tsa", stage, tt, passed)
+        add_timing(tsa_name, stage, tt, passed)
     st0 = {"out": st0["out"]}
     del inter
     # extra memory of one whole call, beyond its inputs and its [B, L, H, D] output
@@ -203,27 +247,35 @@ def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: 
     out, stats = tsa_attention(*inputs[0], cfg, backend, scale=scale)
     # the whole call (CUDA-graph selection on GPUs) must give what the stage-by-stage run gave
     same = bool(torch.equal(out, st0["out"])) or bool(stats.dense)
-    rows.append(row("pipeline_equals_stages", float(same), checked=same, method="tsa", stage="check", **ident))
+    rows.append(row("pipeline_equals_stages", float(same), checked=same, method=tsa_name, stage="check", **ident))
     passed &= same
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         extra = torch.cuda.max_memory_allocated(device) - base - _bytes(out)
         n = max(stats.kept)
         compressed = 4 * case.batch * case.heads * n * case.head_dim * inputs[0][0].element_size()
-        rows.append(row("extra_mem_bytes", extra, method="tsa", stage="total", **ident))
-        rows.append(row("compressed_bytes", compressed, method="tsa", stage="total", **ident))
-        rows.append(row("extra_mem_ratio", extra / compressed, method="tsa", stage="total", **ident))
+        rows.append(row("extra_mem_bytes", extra, method=tsa_name, stage="total", **ident))
+        rows.append(row("compressed_bytes", compressed, method=tsa_name, stage="total", **ident))
+        rows.append(row("extra_mem_ratio", extra / compressed, method=tsa_name, stage="total", **ident))
     del out
     t_total = time_fn(lambda i: tsa_attention(*inputs[i % nset], cfg, backend, scale=scale), device, **tkw)
-    add_timing("tsa", "total", t_total, passed)
+    add_timing(tsa_name, "total", t_total, passed)
     for b in range(case.batch):
-        rows.append(row("kept_tokens", stats.kept[b], method="tsa", stage="select", **ident))
-        rows.append(row("keep_fraction", stats.keep_fraction[b], method="tsa", stage="select", **ident))
-        rows.append(row("sparsity", stats.sparsity[b], method="tsa", stage="select", **ident))
-        rows.append(row("pruned_mass", stats.pruned_mass[b], method="tsa", stage="select", **ident))
-    rows.append(row("dense_fallback", float(stats.dense), method="tsa", stage="select", **ident))
-    rows += _derived("tsa", t_dense.median, t_total.median, sum(t[s].median for s in STAGES if s != "attention"),
-                     t["attention"].median, case.sparse_frac, ident, passed)
+        rows.append(row("kept_tokens", stats.kept[b], method=tsa_name, stage="select", **ident))
+        rows.append(row("keep_fraction", stats.keep_fraction[b], method=tsa_name, stage="select", **ident))
+        rows.append(row("sparsity", stats.sparsity[b], method=tsa_name, stage="select", **ident))
+        rows.append(row("pruned_mass", stats.pruned_mass[b], method=tsa_name, stage="select", **ident))
+    rows.append(row("dense_fallback", float(stats.dense), method=tsa_name, stage="select", **ident))
+    # the other (1 - f) of the layers run the same kernel on the full sequence: dense for TSA
+    # alone, the sparse method for "<sparse>+tsa" (how the paper composes them)
+    other = t_dense.median if t_sparse_full is None else t_sparse_full.median
+    rows += _derived(tsa_name, t_dense.median, t_total.median, sum(t[s].median for s in STAGES if s != "attention"),
+                     t["attention"].median, case.sparse_frac, ident, passed, other_ms=other)
+    if sparse_name is not None:
+        rows.append(row("speedup_vs_method_alone", t_sparse_full.median / ((1 - case.sparse_frac) * t_sparse_full.median
+                        + case.sparse_frac * t_total.median), method=tsa_name, stage="total", checked=passed,
+                        **dict(ident, layer=f"frac={case.sparse_frac}")))
+        return rows
 
     # -- the straightforward PyTorch composition, same inputs, same kernel ------------------
     if case.torch_baseline and case.batch == 1:
@@ -257,8 +309,11 @@ def measure(case: Case, inputs, device: torch.device, *, reps: int = 0, warmup: 
     return rows
 
 
-def _derived(method, dense_ms, total_ms, overhead_ms, attn_ms, frac, ident, passed) -> List[dict]:
-    mean_all = (1.0 - frac) * dense_ms + frac * total_ms
+def _derived(method, dense_ms, total_ms, overhead_ms, attn_ms, frac, ident, passed,
+             other_ms: Optional[float] = None) -> List[dict]:
+    """Derived rows; the all-layer mean has ``frac`` of the layers at ``total_ms`` and the rest
+    at ``other_ms`` (default: dense)."""
+    mean_all = (1.0 - frac) * (dense_ms if other_ms is None else other_ms) + frac * total_ms
     return [
         row("overhead_ms", overhead_ms, method=method, stage="overhead", checked=passed, **ident),
         # in the whole call, host work overlaps GPU work: what the stages really add
@@ -270,3 +325,54 @@ def _derived(method, dense_ms, total_ms, overhead_ms, attn_ms, frac, ident, pass
         row("speedup_all_layers", dense_ms / mean_all, method=method, stage="total", checked=passed,
             **dict(ident, layer=f"frac={frac}")),
     ]
+
+
+def check_sparse(q, k, v, out, pattern, scale: float, heads: List[int], rows: int = 256) -> Dict[str, float]:
+    """A sparse method's output on the last ``rows`` queries of some heads (batch 0) against
+    float64 attention restricted to the same pattern (``pattern.token_mask``); tolerance as
+    in :func:`check`: at most 2x a plain PyTorch run in the input dtype."""
+    L = q.shape[2]
+    G = q.shape[1] // k.shape[1]
+    s0 = max(0, L - rows)
+    err, lp = 0.0, 0.0
+    for h in heads:
+        allowed = pattern.token_mask(0, h, s0, L)
+        def attn(qq, kk, vv):
+            logits = (qq[s0:] @ kk.T).float() * scale
+            p = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+            return p.to(qq.dtype) @ vv
+        ref = attn(q[0, h].double(), k[0, h // G].double(), v[0, h // G].double())
+        low = attn(q[0, h], k[0, h // G], v[0, h // G]).double()
+        got = out[0, h, s0:].double()
+        err = max(err, ((got - ref).norm() / ref.norm()).item())
+        lp = max(lp, ((low - ref).norm() / ref.norm()).item())
+    tol = max(2.0 * lp, 1e-5)
+    return {"sparse_rel_err": err, "sparse_lowp_rel_err": lp, "passed": float(err <= tol)}
+
+
+def measure_sparse_alone(name: str, ident: dict, inputs, device, scale: float, tkw: dict,
+                         heads: List[int]):
+    """A sparse method on the full sequence: pattern estimation, the kernel, the whole call."""
+    from tsa_core.sparse.methods import stages
+
+    backend = get_backend(name)
+    estimate, run = stages(name)
+    nset = len(inputs)
+    patterns = [estimate(q, k, scale) for q, k, _ in inputs]
+    out = run(*inputs[0], patterns[0], scale)
+    gate = check_sparse(*inputs[0], out, patterns[0], scale, heads)
+    passed = bool(gate.pop("passed"))
+    del out
+    ident = dict(ident, backend=name)
+    rows = [row(k_, v_, checked=passed, method=name, stage="check", **ident) for k_, v_ in gate.items()]
+    t_est = time_fn(lambda i: estimate(inputs[i % nset][0], inputs[i % nset][1], scale), device, **tkw)
+    t_run = time_fn(lambda i: run(*inputs[i % nset], patterns[i % nset], scale), device, **tkw)
+    t_total = time_fn(lambda i: backend(*inputs[i % nset], scale=scale), device, **tkw)
+    for stage, t in (("estimate", t_est), ("attention", t_run), ("total", t_total)):
+        rows.append(row("latency_ms", t.median, lo=t.p20, hi=t.p80, n=t.n, checked=passed,
+                        method=name, stage=stage, **ident))
+    dens = float(patterns[0].density().float().mean())
+    rows.append(row("block_density", dens, method=name, stage="estimate", **ident))
+    rows.append(row("estimate_frac", t_est.median / t_total.median, method=name, stage="estimate",
+                    checked=passed, **ident))
+    return rows, t_total, passed

@@ -33,6 +33,10 @@ def add_arguments(p) -> None:
 
     p.add_argument("--tau", default=None, help="token coverage(s), comma-separated (default 0.005)")
     p.add_argument("--keep-ratio", default=None, help="forced kept fraction(s) of prefix tokens, comma-separated")
+    p.add_argument("--method", default="tsa",
+                   help="comma-separated: 'tsa' (TSA with the --dense kernel), a sparse method from the registry "
+                        "(flexprefill, xattention, minference: on the full sequence, pattern estimation timed as "
+                        "its own stage) or '<sparse>+tsa' (TSA with that method on the kept tokens). Default tsa")
     p.add_argument("--seq-lens", default="4k,8k,16k,32k,64k,128k", help="lengths (default 4k..128k)")
     p.add_argument("--dense", default="auto",
                    help="dense kernel(s) from the registry, comma-separated; 'auto' = fastest available "
@@ -92,12 +96,19 @@ def _resolve(args):
         dense = [d.strip() for d in args.dense.split(",") if d.strip()]
     for d in dense:
         get_backend(d)   # unknown names raise a ValueError listing the registry
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    for m in methods:
+        if m == "tsa":
+            continue
+        base = m[:-4] if m.endswith("+tsa") else m
+        if get_backend(base).kind != "sparse":
+            raise UsageError(f"--method {m!r}: {base!r} is not a sparse method; use --dense for dense kernels")
     lengths = parse_lengths(args.seq_lens)
     short = [n for n in lengths if n <= args.min_keep + args.window]
     if short:
         print(f"note: {', '.join(map(fmt_length, short))} <= min_keep + window: TSA runs dense there", file=sys.stderr)
     return dict(heads=heads, kv_heads=kv_heads, head_dim=head_dim, configs=configs, dense=dense,
-                lengths=lengths, device=device)
+                lengths=lengths, device=device, methods=methods)
 
 
 def run(args) -> int:
@@ -107,16 +118,18 @@ def run(args) -> int:
     from tsa_bench.results import ResultWriter, row
 
     r = _resolve(args)
-    sweep = [(L, d, c) for L in r["lengths"] for d in r["dense"] for c in r["configs"]]
-    desc = (f"{len(sweep)} cases: lengths {','.join(map(fmt_length, r['lengths']))}; dense {','.join(r['dense'])}; "
+    # a sparse method alone does not depend on the TSA setting: one case per length and kernel
+    sweep = [(L, d, c, m) for L in r["lengths"] for d in r["dense"] for m in r["methods"]
+             for c in (r["configs"] if (m == "tsa" or m.endswith("+tsa")) else r["configs"][:1])]
+    desc = (f"{len(sweep)} cases ({', '.join(r['methods'])}): lengths {','.join(map(fmt_length, r['lengths']))}; dense {','.join(r['dense'])}; "
             f"shape {r['heads']}q/{r['kv_heads']}kv/d{r['head_dim']} {args.dtype} batch {args.batch}; "
             f"settings " + "; ".join(f"tau={c.tau}" if c.keep_ratio is None else f"keep_ratio={c.keep_ratio}"
                                      for c in r["configs"]))
     if args.dry_run:
         print(desc)
-        for L, d, c in sweep:
+        for L, d, c, m in sweep:
             what = f"tau={c.tau}" if c.keep_ratio is None else f"keep_ratio={c.keep_ratio}"
-            print(f"  seq_len={L} dense={d} {what} W={c.window} min_keep={c.min_keep} pool={c.pool_kernel}")
+            print(f"  seq_len={L} method={m} dense={d} {what} W={c.window} min_keep={c.min_keep} pool={c.pool_kernel}")
         return 0
     device = r["device"]
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -127,8 +140,8 @@ def run(args) -> int:
     failed = False
     bar = tqdm(sweep, desc="latency", file=sys.stderr, dynamic_ncols=True)
     cache, dense_cache = {}, {}
-    for L, d, c in bar:
-        bar.set_postfix_str(f"{fmt_length(L)} {d} " + (f"tau={c.tau}" if c.keep_ratio is None else f"r={c.keep_ratio}"))
+    for L, d, c, m in bar:
+        bar.set_postfix_str(f"{fmt_length(L)} {m} {d} " + (f"tau={c.tau}" if c.keep_ratio is None else f"r={c.keep_ratio}"))
         ident = dict(model=f"shape:{args.shape}" if args.qkv == "synthetic" else args.qkv)
         try:
             if cache.get("L") != L:
@@ -139,7 +152,7 @@ def run(args) -> int:
                 cache["L"] = L
                 cache["inputs"] = _inputs(args, r, L, device)
             q0, k0, _ = cache["inputs"][0]      # a captured model layer brings its own shape
-            case = Case(L, args.batch, q0.shape[1], k0.shape[1], q0.shape[3], _DTYPES[args.dtype], c, d,
+            case = Case(L, args.batch, q0.shape[1], k0.shape[1], q0.shape[3], _DTYPES[args.dtype], c, d, m,
                         args.sparse_frac, not args.no_torch_baseline, args.check_heads, ident)
             rows = measure(case, cache["inputs"], device, reps=args.reps, warmup=args.warmup,
                            budget_s=args.budget, dense_cache=dense_cache)
@@ -150,7 +163,7 @@ def run(args) -> int:
             gc.collect()
             torch.cuda.empty_cache()
             writer.add([row("oom", 1.0, stage="total", seq_len=L, backend=d, batch=args.batch,
-                            tau=c.tau, keep_ratio=c.keep_ratio, method="tsa", **ident)])
+                            tau=c.tau, keep_ratio=c.keep_ratio, method=m, **ident)])
             tqdm.write(f"out of memory at {fmt_length(L)} ({d}): {str(exc).splitlines()[0]}", file=sys.stderr)
     if device.type == "cuda":
         from tsa_core.scoring.kernel import best_configs
@@ -184,27 +197,21 @@ def _inputs(args, r, L, device):
 
 
 def _summary(df) -> None:
+    """One line per (length, method, setting): what a reader wants first."""
     import pandas as pd
 
     if df.empty:
         return
-    lat = df[df.metric == "latency_ms"]
-    if lat.empty:
-        print(df[["seq_len", "backend", "metric", "value"]].to_string(index=False))
-        return
-    key = ["seq_len", "backend", "tau", "keep_ratio"]
-    piv = lat.pivot_table(index=key, columns=["method", "stage"], values="value", aggfunc="first", dropna=False)
-    out = pd.DataFrame(index=piv.index)
-    out["dense_ms"] = piv.get(("dense", "total"))
-    out["tsa_ms"] = piv.get(("tsa", "total"))
-    out["kept_attn_ms"] = piv.get(("tsa", "attention"))
-    ov = ["score", "select", "gather", "scatter"]
-    out["overhead_ms"] = sum(piv.get(("tsa", s)) for s in ov)
-    if ("tsa-torch", "total") in piv.columns:
-        out["torch_ms"] = piv.get(("tsa-torch", "total"))
-        out["torch_overhead_ms"] = sum(piv.get(("tsa-torch", s)) for s in ov)
-    other = df[df.metric.isin(["sparsity", "speedup_all_layers"]) & (df.method == "tsa")]
-    extra = other.pivot_table(index=key, columns="metric", values="value", aggfunc="mean", dropna=False)
-    out = out.join(extra).dropna(how="all")
+    key = ["seq_len", "method", "backend", "tau", "keep_ratio"]
+    lat = df[df.metric == "latency_ms"].pivot_table(index=key, columns="stage", values="value", dropna=False)
+    met = df[df.metric.isin(["sparsity", "block_density", "speedup_layer", "speedup_all_layers"])]
+    met = met.pivot_table(index=key, columns="metric", values="value", aggfunc="mean", dropna=False)
+    out = lat.join(met, how="outer").dropna(how="all")
+    if {"score", "select", "gather", "scatter"} <= set(out.columns):
+        out["overhead"] = out[["score", "select", "gather", "scatter"]].sum(axis=1, min_count=4)
+    cols = [c for c in ["total", "attention", "estimate", "overhead", "sparsity", "block_density",
+                        "speedup_layer", "speedup_all_layers"] if c in out.columns]
+    table = out[cols].rename(columns={"total": "total_ms", "attention": "attn_ms", "estimate": "estimate_ms",
+                                      "overhead": "overhead_ms"})
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
-        print(out.reset_index().to_string(index=False))
+        print(table.reset_index().to_string(index=False))

@@ -40,7 +40,7 @@ EPILOG = """examples:
       --squad ~/data/dev-v2.0.json --hotpotqa ~/data/hotpot_dev_distractor_v1.json
   tsa-bench ruler --model tiny-llama --weights random --tokenizer toy --device cpu --seq-lens 1k -n 2
   tsa-bench ruler --generate-only --tokenizer meta-llama/Llama-3.1-8B-Instruct --seq-lens 4k..128k
-  tsa-bench ruler --bench-generate --tokenizer toy --seq-lens 4k..128k -n 32   # generator speed
+  tsa-bench ruler --bench-generate --tokenizer toy        # generator speed: 13 tasks x 4k..128k x 32
   tsa-bench ruler --model M --seq-lens 32k --dry-run
   make ruler CTX=128k MODEL=meta-llama/Llama-3.1-8B-Instruct METHOD=tsa TAU=0.005 N=32
 
@@ -90,7 +90,8 @@ def add_data_arguments(p) -> None:
 def add_arguments(p) -> None:
     add_model_arguments(p)
     add_data_arguments(p)
-    p.add_argument("--seq-lens", default="4k", help="context lengths, e.g. 4k,32k or 4k..128k (default 4k)")
+    p.add_argument("--seq-lens", default=None,
+                   help="context lengths, e.g. 4k,32k or 4k..128k (default 4k; 4k..128k with --bench-generate)")
     p.add_argument("--tasks", default="all", help="all, niah, or a comma list of task names (default all)")
     p.add_argument("-n", "--num-samples", type=int, default=32, help="samples per task and length (default 32)")
     p.add_argument("--squad", default=None, help="SQuAD v2 dev JSON (dev-v2.0.json)")
@@ -447,7 +448,7 @@ def run(args) -> int:
     from tasks.ruler.tasks import TASKS, resolve_tasks
     from tsa_bench.provenance import REPO_ROOT
 
-    lengths = parse_lengths(args.seq_lens)
+    lengths = parse_lengths(args.seq_lens or ("4k..128k" if args.bench_generate else "4k"))
     tasks = resolve_tasks(args.tasks)
     check_common(args)
     if args.num_samples < 1:

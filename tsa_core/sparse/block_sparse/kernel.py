@@ -32,7 +32,7 @@ from tsa_core.sparse.block_sparse.naive import check_pattern
 from tsa_core.sparse.pattern import BlockPattern
 
 _LOG2E = 1.4426950408889634
-_NEG_BIG = -1.0e30  # finite running-max start (avoids inf - inf = NaN)
+_NEG_BIG = tl.constexpr(-1.0e30)  # finite running-max start (avoids inf - inf = NaN)
 
 
 @triton.jit

@@ -27,7 +27,7 @@ from tsa_core.sparse.pattern import BlockPattern
 from tsa_core.sparse.xattention.naive import XAttentionParams, select_blocks
 
 _LOG2E = 1.4426950408889634
-_NEG_BIG = -1.0e30
+_NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @triton.jit

@@ -9,7 +9,7 @@ METHOD ?= tsa
 N ?= 32
 MODEL ?=
 
-.PHONY: setup demo test test-gpu bench ruler figures clean
+.PHONY: setup demo test test-gpu bench bench-sparse prefill profile-layers ruler niah figures clean
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements-cpu.txt ; $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -r requirements-cpu.txt && $(BIN)/pip install -q -e '.[eval,dev]' && touch $@
@@ -17,6 +17,10 @@ demo: setup ; $(OFFLINE) $(BIN)/tsa-bench demo
 test: setup ; $(OFFLINE) TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
 test-gpu: ; $(OFFLINE) python3 -m pytest -q -m gpu tests
 bench: ; PYTHONPATH=. python3 -m tsa_bench latency --tau $(TAU)
+bench-sparse: ; PYTHONPATH=. python3 -m tsa_bench latency --method tsa,flexprefill,flexprefill+tsa --tau $(TAU) --seq-lens 32k,128k
+prefill: ; PYTHONPATH=. python3 -m tsa_bench prefill --model $(or $(MODEL),llama-3.1-8b) $(if $(MODEL),,--weights random) --seq-lens 8k,128k --keep-ratio 0.675 --dense-backend sdpa-flash --device cuda
+profile-layers: ; PYTHONPATH=. python3 -m tsa_bench profile-layers --model $(MODEL) --seq-len 128k --delta 0.5 --device cuda
 ruler: setup ; $(OFFLINE) $(BIN)/tsa-bench ruler --seq-lens $(CTX) --method $(METHOD) --tau $(TAU) -n $(N) $(if $(MODEL),--model $(MODEL),)
+niah: setup ; $(OFFLINE) $(BIN)/tsa-bench niah --seq-lens $(CTX) --method $(METHOD) --tau $(TAU) $(if $(MODEL),--model $(MODEL),)
 figures: setup ; $(BIN)/tsa-bench figures
 clean: ; rm -rf $(VENV) .pytest_cache build *.egg-info

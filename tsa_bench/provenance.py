@@ -72,5 +72,7 @@ def provenance(config: Dict[str, Any], device: str = "cpu") -> Dict[str, Any]:
 
 
 def new_run_id(bench: str) -> str:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """``<bench>-<UTC time to the millisecond>-<sha8>``: two runs in one second stay apart."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
     return f"{bench}-{stamp}-{git_info()['git_sha'][:8]}"

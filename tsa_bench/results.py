@@ -13,7 +13,7 @@ import pandas as pd
 from tsa_bench.provenance import REPO_ROOT, new_run_id, provenance
 
 IDENTITY = ["bench", "method", "backend", "stage", "seq_len", "batch", "heads", "kv_heads",
-            "head_dim", "dtype", "tau", "keep_ratio", "layer", "task", "model"]
+            "head_dim", "dtype", "tau", "keep_ratio", "layer", "task", "model", "weights"]
 VALUES = ["metric", "value", "lo", "hi", "n", "checked"]
 PROVENANCE = ["timestamp", "git_sha", "git_dirty", "gpu", "cuda", "torch", "triton",
               "transformers", "python", "host", "config"]

@@ -176,6 +176,48 @@ def _n_chunks(device, rows: int, n_keys: int) -> int:
     return max(1, min(triton.cdiv(n_keys, _CHUNK_ALIGN), want))
 
 
+def _launcher(q, k, W: int, D: int, Hq: int, Hkv: int, L: int):
+    block_w, block_d = max(16, next_pow2(W)), max(16, next_pow2(D))
+    common = dict(GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_D=block_d, UPCAST=upcast_loads(q.dtype))
+    interp = interpreter_on()
+    key = (L.bit_length(), D, W, Hq // Hkv, str(q.dtype), q.device.index)
+
+    def launch(name, jit_fn, tuned, grid, args):
+        if interp:   # the interpreter cannot autotune: one fixed configuration
+            jit_fn[grid](*args, **common, BLOCK_K=64, num_warps=4)
+        else:
+            _launch(name, jit_fn, tuned, grid, args, key, common)
+    return launch, block_w
+
+
+def window_softmax_stats(q: torch.Tensor, k: torch.Tensor, window: int, scale: Optional[float] = None):
+    """Softmax statistics of the last ``window`` queries over all keys (causal inside the
+    window): ``(m, inv_l)``, each ``[B, Hq, window]`` float32, with ``m`` the row maximum of the
+    logits times ``scale * log2(e)`` and ``inv_l`` the reciprocal of the row sum of
+    ``exp2(logit * scale * log2(e) - m)``. So ``p_ij = exp2(s_ij * scale * log2(e) - m_i) * inv_l_i``.
+    Pass 1 of the scorer; also used by FlexPrefill's estimation (``1 <= window <= L``)."""
+    B, Hq, Hkv, L, D = check_qkv(q, k, k)
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= L:
+        raise ValueError(f"window must be an integer in [1, {L}], got {window!r}")
+    check_triton_device(q, "window_softmax_stats")
+    W = window
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    launch, block_w = _launcher(q, k, W, D, Hq, Hkv, L)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    n_chunks = _n_chunks(q.device, B * Hq, L)
+    chunk_len = triton.cdiv(triton.cdiv(L, n_chunks), _CHUNK_ALIGN) * _CHUNK_ALIGN
+    n_chunks = triton.cdiv(L, chunk_len)
+    m_part = torch.empty((B, Hq, n_chunks, W), **f32)
+    l_part = torch.empty((B, Hq, n_chunks, W), **f32)
+    launch("stats", _stats_kernel, _stats_tuned, (Hq, n_chunks, B),
+           (q, k, m_part, l_part, *q.stride(), *k.stride(), L, W, D, scale * _LOG2E, chunk_len, n_chunks,
+            L.bit_length()))
+    m = torch.empty((B, Hq, W), **f32)
+    inv_l = torch.empty((B, Hq, W), **f32)
+    _combine_kernel[(B * Hq,)](m_part, l_part, m, inv_l, W, n_chunks, BLOCK_W=block_w)
+    return m, inv_l
+
+
 def score_window_triton(q: torch.Tensor, k: torch.Tensor, window: int,
                         scale: Optional[float] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Triton twin of :func:`tsa_core.scoring.naive.score_window_naive` (same contract)."""
@@ -185,31 +227,10 @@ def score_window_triton(q: torch.Tensor, k: torch.Tensor, window: int,
     W, P = window, L - window
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     qk_scale = scale * _LOG2E
-    block_w, block_d = max(16, next_pow2(W)), max(16, next_pow2(D))
-    common = dict(GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_D=block_d, UPCAST=upcast_loads(q.dtype))
-    interp = interpreter_on()
-    bucket = L.bit_length()
-    key = (bucket, D, W, Hq // Hkv, str(q.dtype), q.device.index)
-
-    def launch(name, jit_fn, tuned, grid, args):
-        if interp:   # the interpreter cannot autotune: one fixed configuration
-            jit_fn[grid](*args, **common, BLOCK_K=64, num_warps=4)
-        else:
-            _launch(name, jit_fn, tuned, grid, args, key, common)
-
+    m, inv_l = window_softmax_stats(q, k, W, scale)
+    launch, _ = _launcher(q, k, W, D, Hq, Hkv, L)
     f32 = dict(device=q.device, dtype=torch.float32)
-
-    n_chunks = _n_chunks(q.device, B * Hq, L)
-    chunk_len = triton.cdiv(triton.cdiv(L, n_chunks), _CHUNK_ALIGN) * _CHUNK_ALIGN
-    n_chunks = triton.cdiv(L, chunk_len)
-    m_part = torch.empty((B, Hq, n_chunks, W), **f32)
-    l_part = torch.empty((B, Hq, n_chunks, W), **f32)
-    launch("stats", _stats_kernel, _stats_tuned, (Hq, n_chunks, B),
-           (q, k, m_part, l_part, *q.stride(), *k.stride(), L, W, D, qk_scale, chunk_len, n_chunks, bucket))
-    m = torch.empty((B, Hq, W), **f32)
-    inv_l = torch.empty((B, Hq, W), **f32)
-    _combine_kernel[(B * Hq,)](m_part, l_part, m, inv_l, W, n_chunks, BLOCK_W=block_w)
-
+    bucket = L.bit_length()
     p_chunks = _n_chunks(q.device, B * Hq, P)
     p_chunk_len = triton.cdiv(triton.cdiv(P, p_chunks), _CHUNK_ALIGN) * _CHUNK_ALIGN
     p_chunks = triton.cdiv(P, p_chunk_len)

@@ -3,9 +3,8 @@
 Steps 1-2 of :mod:`tsa_core.sparse.flexprefill.naive` (the only part that touches every
 key) run as two Triton passes, GQA-native (query head ``h`` reads KV head ``h // G``):
 
-1. ``_stats_kernel``, grid (Hq, chunks, B): the last ``nq`` queries stay in registers while
-   one chunk of keys streams by; online-softmax max/sum (base 2) per row and chunk.
-   ``_combine_kernel`` reduces the chunks to ``m`` and ``1 / l`` per row.
+1. :func:`tsa_core.scoring.kernel.window_softmax_stats` (the TSA scorer's first pass):
+   online-softmax max and ``1 / sum`` (base 2) of each of the last ``nq`` query rows.
 2. ``_profile_kernel``, grid (Hq, key tiles, B): recomputes one ``[nq, BLOCK_K]`` tile of
    probabilities, writes the vertical profile (column means) and stores the tile *skewed*:
    row ``i`` shifted so that entry ``(i, j)`` lands at column ``u = j - i + nq - 1``, i.e. at
@@ -26,75 +25,13 @@ import triton
 import triton.language as tl
 
 from tsa_core._checks import check_qkv, check_triton_device
-from tsa_core._triton_utils import next_pow2, sm_count, upcast_loads
+from tsa_core._triton_utils import next_pow2, upcast_loads
+from tsa_core.scoring.kernel import window_softmax_stats
 from tsa_core.sparse.flexprefill.naive import (FlexPrefillInfo, FlexPrefillParams,
                                                select_from_profiles)
 from tsa_core.sparse.pattern import BlockPattern
 
 _LOG2E = 1.4426950408889634
-_NEG_BIG = tl.constexpr(-1.0e30)
-
-
-@triton.jit
-def _stats_kernel(
-    q_ptr, k_ptr, m_part_ptr, l_part_ptr,
-    stride_qb, stride_qh, stride_ql, stride_qd,
-    stride_kb, stride_kh, stride_kl, stride_kd,
-    L, NQ, D, qk_scale, chunk_iters, n_chunks,
-    GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    pid_h = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    kv_h = pid_h // GROUP
-    offs_w = tl.arange(0, BLOCK_W)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_k = tl.arange(0, BLOCK_K)
-    mask_w = offs_w < NQ
-    mask_d = offs_d < D
-    q_pos = L - NQ + offs_w
-    q = tl.load(q_ptr + pid_b * stride_qb + pid_h * stride_qh + q_pos[:, None].to(tl.int64) * stride_ql
-                + offs_d[None, :] * stride_qd, mask=mask_w[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_W, BLOCK_D]
-    if UPCAST:
-        q = q.to(tl.float32)
-    k_base = k_ptr + pid_b * stride_kb + kv_h * stride_kh
-    m_i = tl.full([BLOCK_W], _NEG_BIG, tl.float32)
-    l_i = tl.zeros([BLOCK_W], tl.float32)
-    start = pid_c * chunk_iters * BLOCK_K
-    for it in range(0, chunk_iters):
-        key_pos = start + it * BLOCK_K + offs_k
-        mask_k = key_pos < L
-        kt = tl.load(k_base + key_pos[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd,
-                     mask=mask_d[:, None] & mask_k[None, :], other=0.0)       # [BLOCK_D, BLOCK_K]
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt) * qk_scale
-        s = tl.where(mask_k[None, :] & (key_pos[None, :] <= q_pos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
-        m_i = m_new
-    part = ((pid_b * tl.num_programs(0) + pid_h) * n_chunks + pid_c) * NQ
-    tl.store(m_part_ptr + part + offs_w, m_i, mask=mask_w)
-    tl.store(l_part_ptr + part + offs_w, l_i, mask=mask_w)
-
-
-@triton.jit
-def _combine_kernel(m_part_ptr, l_part_ptr, m_ptr, inv_l_ptr, NQ, n_chunks, BLOCK_W: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)                  # flattened (b, h)
-    offs_w = tl.arange(0, BLOCK_W)
-    mask_w = offs_w < NQ
-    m = tl.full([BLOCK_W], _NEG_BIG, tl.float32)
-    l = tl.zeros([BLOCK_W], tl.float32)
-    for c in range(0, n_chunks):
-        base = (row * n_chunks + c) * NQ
-        m_c = tl.load(m_part_ptr + base + offs_w, mask=mask_w, other=_NEG_BIG)
-        l_c = tl.load(l_part_ptr + base + offs_w, mask=mask_w, other=0.0)
-        m_new = tl.maximum(m, m_c)
-        l = l * tl.exp2(m - m_new) + l_c * tl.exp2(m_c - m_new)
-        m = m_new
-    tl.store(m_ptr + row * NQ + offs_w, m, mask=mask_w)
-    tl.store(inv_l_ptr + row * NQ + offs_w, 1.0 / tl.where(mask_w, l, 1.0), mask=mask_w)
 
 
 @triton.jit
@@ -207,19 +144,8 @@ def profiles_triton(q: torch.Tensor, k: torch.Tensor, nq: int, scale: float,
     upcast = upcast_loads(q.dtype)
     qk_scale = scale * _LOG2E
     n_tiles = triton.cdiv(L, block_k)
-    want = max(1, math.ceil(4 * sm_count(q.device) / (B * Hq)))
-    chunk_iters = triton.cdiv(n_tiles, min(n_tiles, want))
-    n_chunks = triton.cdiv(n_tiles, chunk_iters)
     f32 = dict(device=q.device, dtype=torch.float32)
-    m_part = torch.empty((B, Hq, n_chunks, nq), **f32)
-    l_part = torch.empty((B, Hq, n_chunks, nq), **f32)
-    _stats_kernel[(Hq, n_chunks, B)](
-        q, k, m_part, l_part, *q.stride(), *k.stride(), L, nq, D, qk_scale, chunk_iters, n_chunks,
-        GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_K=block_k, BLOCK_D=block_d, UPCAST=upcast,
-        num_warps=num_warps)
-    m = torch.empty((B, Hq, nq), **f32)
-    inv_l = torch.empty((B, Hq, nq), **f32)
-    _combine_kernel[(B * Hq,)](m_part, l_part, m, inv_l, nq, n_chunks, BLOCK_W=block_w)
+    m, inv_l = window_softmax_stats(q, k, nq, scale)      # pass 1, shared with the TSA scorer
     vertical = torch.empty((B, Hq, L), **f32)
     common = (q, k, m, inv_l, vertical)
     strides = (*q.stride(), *k.stride())

@@ -108,3 +108,17 @@ def test_graph_selection_equals_eager(monkeypatch):
         again, s3 = tsa_attention(q, k, v, cfg, "sdpa-flash")       # a replay of the cached graph
         assert s1.budget == s2.budget == s3.budget
         assert torch.equal(eager, graph) and torch.equal(graph, again)
+
+
+def test_graph_cache_survives_inference_mode_switches():
+    from tsa_bench.bench.latency import _select_stage
+    from tsa_core import TSAConfig, tsa_attention
+    from tsa_core.pipeline import TRITON_OPS
+    q, k, v = _qkv(1, 8, 2, 5000, 128, seed=5)
+    cfg = TSAConfig(tau=0.01)
+    with torch.inference_mode():
+        a, _ = tsa_attention(q, k, v, cfg, "sdpa-flash")      # the graph is built in inference mode
+    scores = TRITON_OPS.score(q, k, cfg.window, 128 ** -0.5)
+    _select_stage(TRITON_OPS, scores, cfg, 5000)              # copies into its buffer outside it
+    b, _ = tsa_attention(q, k, v, cfg, "sdpa-flash")
+    assert torch.equal(a, b)

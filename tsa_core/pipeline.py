@@ -152,7 +152,10 @@ def selection_graph(ops: TSAOps, batch: int, heads: int, seq_len: int, config: T
            config.keep_ratio, str(device))
     graph = _GRAPHS.pop(key, None)
     if graph is None:
-        graph = SelectionGraph(ops, batch, heads, seq_len, config, device)
+        # ordinary (not inference-mode) buffers, so later calls outside inference mode can
+        # still write into them, whichever mode the first call came from
+        with torch.inference_mode(False):
+            graph = SelectionGraph(ops, batch, heads, seq_len, config, device)
     _GRAPHS[key] = graph
     while len(_GRAPHS) > _MAX_GRAPHS:
         _GRAPHS.popitem(last=False)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call, several parts, each under its own time limit; logs and CSVs under $OUT.
 #   TSA_BENCH_GIT_SHA=$(git rev-parse HEAD) bash scripts/gpu_session.sh latency tests prefill
+# parts: latency batch4 tests tests-all prefill prefill-flash sparse latency-sparse ruler ruler-overhead
 set -uo pipefail
 : "${OUT:?set OUT}"
 export PYTHONPATH=. PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=0
@@ -15,6 +16,14 @@ for part in "$@"; do
     prefill)  timeout 330 python3 scripts/gpu_prefill.py --out "$OUT" --backends sdpa-cudnn --no-profile \
                 --budget-s 300 2>&1 | tail -25 ;;
     sparse)   timeout 300 python3 scripts/gpu_sparse.py --out "$OUT" 2>&1 | tail -25 ;;
+    prefill-flash)  # the paper's kernel class (FA2): 1 warm-up + 5 runs of dense and TSA at 8k and 128k
+              timeout 420 python3 scripts/gpu_prefill.py --out "$OUT" --backends sdpa-flash --no-profile \
+                --budget-s 400 2>&1 | tail -25 ;;
+    latency-sparse) timeout 300 python3 -m tsa_bench latency --method flexprefill,flexprefill+tsa,xattention,xattention+tsa \
+                --seq-lens 32k,128k --tau 0.005 --dense sdpa-flash --warmup 2 --budget 0.4 --out-dir "$OUT" 2>&1 | tail -14 ;;
+    tests-all) timeout 300 python3 -m pytest -q -m gpu tests 2>&1 | tail -8 ;;
+    ruler)    timeout 330 bash scripts/gpu_ruler.sh pipeline 2>&1 | tail -15 ;;
+    ruler-overhead) timeout 330 bash scripts/gpu_ruler.sh overhead 2>&1 | tail -15 ;;
     *) echo "unknown part $part" ;;
   esac
 done

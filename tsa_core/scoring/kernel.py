@@ -35,6 +35,24 @@ _CHUNK_ALIGN = 256                # chunks are whole numbers of every tile width
 
 
 @triton.jit
+def load_window_queries(q_ptr, pid_b, pid_h, stride_qb, stride_qh, stride_ql, stride_qd, L, W, D,
+                        BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr):
+    """The last ``W`` query rows of (batch ``pid_b``, head ``pid_h``): the ``[BLOCK_W, BLOCK_D]``
+    tile (rows past ``W`` and columns past ``D`` are zero), the rows' absolute positions and
+    their mask. Shared by the scorer's passes and FlexPrefill's profiles."""
+    offs_w = tl.arange(0, BLOCK_W)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_w = offs_w < W
+    q_pos = L - W + offs_w                             # absolute position of each window query
+    q_ptrs = (q_ptr + pid_b * stride_qb + pid_h * stride_qh
+              + q_pos[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd)
+    q = tl.load(q_ptrs, mask=mask_w[:, None] & (offs_d < D)[None, :], other=0.0)   # [BLOCK_W, BLOCK_D]
+    if UPCAST:
+        q = q.to(tl.float32)
+    return q, q_pos, mask_w
+
+
+@triton.jit
 def _stats_kernel(
     q_ptr, k_ptr, m_part_ptr, l_part_ptr,
     stride_qb, stride_qh, stride_ql, stride_qd,
@@ -50,14 +68,9 @@ def _stats_kernel(
     offs_w = tl.arange(0, BLOCK_W)                     # window rows
     offs_d = tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, BLOCK_K)
-    mask_w = offs_w < W
     mask_d = offs_d < D
-    q_pos = L - W + offs_w                             # absolute position of each window query
-    q_ptrs = (q_ptr + pid_b * stride_qb + pid_h * stride_qh
-              + q_pos[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd)
-    q = tl.load(q_ptrs, mask=mask_w[:, None] & mask_d[None, :], other=0.0)   # [BLOCK_W, BLOCK_D]
-    if UPCAST:
-        q = q.to(tl.float32)
+    q, q_pos, mask_w = load_window_queries(q_ptr, pid_b, pid_h, stride_qb, stride_qh, stride_ql, stride_qd,
+                                           L, W, D, BLOCK_W, BLOCK_D, UPCAST)
     k_base = k_ptr + pid_b * stride_kb + kv_h * stride_kh
     m_i = tl.full([BLOCK_W], _NEG_BIG, tl.float32)
     l_i = tl.zeros([BLOCK_W], tl.float32)
@@ -116,14 +129,9 @@ def _probs_kernel(
     offs_w = tl.arange(0, BLOCK_W)
     offs_d = tl.arange(0, BLOCK_D)
     offs_k = tl.arange(0, BLOCK_K)
-    mask_w = offs_w < W
     mask_d = offs_d < D
-    q_pos = L - W + offs_w
-    q_ptrs = (q_ptr + pid_b * stride_qb + pid_h * stride_qh
-              + q_pos[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd)
-    q = tl.load(q_ptrs, mask=mask_w[:, None] & mask_d[None, :], other=0.0)   # [BLOCK_W, BLOCK_D]
-    if UPCAST:
-        q = q.to(tl.float32)
+    q, q_pos, mask_w = load_window_queries(q_ptr, pid_b, pid_h, stride_qb, stride_qh, stride_ql, stride_qd,
+                                           L, W, D, BLOCK_W, BLOCK_D, UPCAST)
     m = tl.load(m_ptr + row * W + offs_w, mask=mask_w, other=0.0)            # [BLOCK_W]
     inv_l = tl.load(inv_l_ptr + row * W + offs_w, mask=mask_w, other=0.0) * inv_w   # 0 on padded rows
     k_base = k_ptr + pid_b * stride_kb + kv_h * stride_kh

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from tsa_core._checks import check_qkv, check_triton_device
 from tsa_core._triton_utils import next_pow2, upcast_loads
-from tsa_core.scoring.kernel import window_softmax_stats
+from tsa_core.scoring.kernel import load_window_queries, window_softmax_stats
 from tsa_core.sparse.flexprefill.naive import (FlexPrefillInfo, FlexPrefillParams,
                                                select_from_profiles)
 from tsa_core.sparse.pattern import BlockPattern
@@ -52,11 +52,8 @@ def _profile_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_w = offs_w < NQ
     mask_d = offs_d < D
-    q_pos = L - NQ + offs_w
-    q = tl.load(q_ptr + pid_b * stride_qb + pid_h * stride_qh + q_pos[:, None].to(tl.int64) * stride_ql
-                + offs_d[None, :] * stride_qd, mask=mask_w[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_W, BLOCK_D]
-    if UPCAST:
-        q = q.to(tl.float32)
+    q, q_pos, _ = load_window_queries(q_ptr, pid_b, pid_h, stride_qb, stride_qh, stride_ql, stride_qd,
+                                      L, NQ, D, BLOCK_W, BLOCK_D, UPCAST)   # [BLOCK_W, BLOCK_D]
     m = tl.load(m_ptr + row * NQ + offs_w, mask=mask_w, other=0.0)          # [BLOCK_W]
     inv_l = tl.load(inv_l_ptr + row * NQ + offs_w, mask=mask_w, other=0.0)  # 0 on padded rows
     key_pos = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -98,11 +95,8 @@ def _profile_parts_kernel(
     offs_c = tl.arange(0, BLOCK_K)
     mask_w = offs_w < NQ
     mask_d = offs_d < D
-    q_pos = L - NQ + offs_w
-    q = tl.load(q_ptr + pid_b * stride_qb + pid_h * stride_qh + q_pos[:, None].to(tl.int64) * stride_ql
-                + offs_d[None, :] * stride_qd, mask=mask_w[:, None] & mask_d[None, :], other=0.0)  # [BLOCK_W, BLOCK_D]
-    if UPCAST:
-        q = q.to(tl.float32)
+    q, q_pos, _ = load_window_queries(q_ptr, pid_b, pid_h, stride_qb, stride_qh, stride_ql, stride_qd,
+                                      L, NQ, D, BLOCK_W, BLOCK_D, UPCAST)   # [BLOCK_W, BLOCK_D]
     m = tl.load(m_ptr + row * NQ + offs_w, mask=mask_w, other=0.0)
     inv_l = tl.load(inv_l_ptr + row * NQ + offs_w, mask=mask_w, other=0.0)
     key_pos = pid_k * BLOCK_K + offs_c

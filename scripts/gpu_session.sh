@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call, several parts, each under its own time limit; logs and CSVs under $OUT.
 #   TSA_BENCH_GIT_SHA=$(git rev-parse HEAD) bash scripts/gpu_session.sh latency tests prefill
-# parts: latency batch4 tests tests-all prefill prefill-flash sparse latency-sparse ruler ruler-overhead
+# parts: latency batch4 tests tests-all tests-rest prefill prefill-flash sparse latency-sparse ruler ruler-overhead
 set -uo pipefail
 : "${OUT:?set OUT}"
 # The device returns at most 8 files, 2 folders deep: parts write into a scratch folder, and at
@@ -28,6 +28,8 @@ for part in "$@"; do
     latency-sparse) timeout 300 python3 -m tsa_bench latency --method flexprefill,flexprefill+tsa,xattention,xattention+tsa \
                 --seq-lens 32k,128k --tau 0.005 --dense sdpa-flash --warmup 2 --budget 0.4 --out-dir "$OUT" 2>&1 | tee "$OUT/$part.log" | tail -14 ;;
     tests-all) timeout 200 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/$part.log" | tail -8 ;;
+    tests-rest) timeout 150 python3 -m pytest -q -m gpu tests/test_sparse_block_kernel.py tests/test_sparse_methods.py \
+                2>&1 | tee "$OUT/$part.log" | tail -8 ;;   # the GPU tests outside test_gpu_kernels / test_hf_attention
     ruler)    timeout 330 bash scripts/gpu_ruler.sh pipeline 2>&1 | tee "$OUT/$part.log" | tail -15 ;;
     ruler-overhead) timeout 330 bash scripts/gpu_ruler.sh overhead 2>&1 | tee "$OUT/$part.log" | tail -15 ;;
     *) echo "unknown part $part" ;;

@@ -49,11 +49,10 @@ def main(argv=None) -> int:
     from tasks.ruler.generate import Generator, GenConfig, encode_prompt, prompt_of
     from tasks.ruler.tasks import resolve_tasks
     from tsa_bench.args import parse_length
-    from tsa_bench.commands.ruler import PredictionLog, evaluate_samples, load_tokenizer, resolve_template, uses_tsa
+    from tsa_bench.commands.ruler import PredictionLog, evaluate_samples, greedy_config, load_tokenizer, resolve_template, uses_tsa
     from tsa_bench.hf import load_model
     from tsa_bench.results import ResultWriter, row
     from tsa_core import TSAConfig
-    from transformers import GenerationConfig
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
@@ -68,11 +67,7 @@ def main(argv=None) -> int:
                     log=lambda m: print(m, file=sys.stderr))
     samples = [s for t in resolve_tasks(args.tasks) for s in gen.samples(t, L, args.n)]
     ids = [encode_prompt(tok, prompt_of(s)) for s in samples]
-    base = model.generation_config
-    eos = base.eos_token_id
-    gcs = {n: GenerationConfig(max_new_tokens=n, do_sample=False, num_beams=1, eos_token_id=eos,
-                               pad_token_id=base.pad_token_id if base.pad_token_id is not None else eos)
-           for n in {s["tokens_to_generate"] for s in samples}}
+    gcs = {n: greedy_config(model, n) for n in {s["tokens_to_generate"] for s in samples}}
     dev = torch.device(args.device)
 
     def sync(d):

@@ -141,3 +141,18 @@ def test_cli_end_to_end_with_the_transformers_integration(tmp_path, capsys):
     assert df["git_sha"].notna().all() and df["config"].str.contains("run_key").all()
     assert main(args) == 0          # rerun: resumes, nothing to run, same scores
     assert "1 already scored" in capsys.readouterr().err
+
+
+def test_greedy_generate_with_a_list_of_eos_ids_and_no_pad(model):
+    """Llama-3.1's generation config has eos_token_id = [128001, 128008, 128009] and no pad id:
+    a list is not a valid pad id, so the first EOS id is used (this broke the 8B GPU run)."""
+    import copy
+    m = copy.deepcopy(model)
+    eos = m.generation_config.eos_token_id
+    m.generation_config.eos_token_id = [eos, 5]
+    m.generation_config.pad_token_id = None
+    from tsa_bench.commands.ruler import greedy_config
+    gc = greedy_config(m, 3)
+    assert gc.pad_token_id == eos and gc.eos_token_id == [eos, 5]
+    new, secs = greedy_generate(m, [7, 8, 9, 10], 3, torch.device("cpu"))
+    assert 1 <= len(new) <= 3 and secs >= 0

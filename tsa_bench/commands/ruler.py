@@ -187,15 +187,25 @@ class Timing:
         return 100.0 * (self.loop_s - self.model_s) / self.model_s if self.model_s > 0 else float("nan")
 
 
-def greedy_generate(model, input_ids: List[int], max_new_tokens: int, device) -> Tuple[List[int], float]:
-    """Greedy decoding of ``max_new_tokens`` (stops early at EOS); returns (new ids, seconds)."""
-    import torch
+def greedy_config(model, max_new_tokens: int):
+    """Greedy GenerationConfig from the model's own: its EOS ids (an int or, as in Llama-3.1,
+    a list), and a pad id (the model's, else its first EOS id; a list is not a valid pad id)."""
     from transformers import GenerationConfig
 
     base = model.generation_config
-    gc = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                          eos_token_id=base.eos_token_id,
-                          pad_token_id=base.pad_token_id if base.pad_token_id is not None else base.eos_token_id)
+    eos = base.eos_token_id
+    pad = base.pad_token_id
+    if pad is None:
+        pad = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                            eos_token_id=eos, pad_token_id=pad)
+
+
+def greedy_generate(model, input_ids: List[int], max_new_tokens: int, device) -> Tuple[List[int], float]:
+    """Greedy decoding of ``max_new_tokens`` (stops early at EOS); returns (new ids, seconds)."""
+    import torch
+
+    gc = greedy_config(model, max_new_tokens)
     ids = torch.tensor([input_ids], dtype=torch.long, device=device)
     cuda = ids.is_cuda
     if cuda:

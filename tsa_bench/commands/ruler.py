@@ -187,9 +187,11 @@ class Timing:
         return 100.0 * (self.loop_s - self.model_s) / self.model_s if self.model_s > 0 else float("nan")
 
 
-def greedy_config(model, max_new_tokens: int):
+def greedy_config(model, max_new_tokens: int, fixed_length: bool = False):
     """Greedy GenerationConfig from the model's own: its EOS ids (an int or, as in Llama-3.1,
-    a list), and a pad id (the model's, else its first EOS id; a list is not a valid pad id)."""
+    a list), and a pad id (the model's, else its first EOS id; a list is not a valid pad id).
+    ``fixed_length`` makes every call generate exactly ``max_new_tokens`` (EOS is not allowed
+    to stop it early): equal work per sample, for timing comparisons."""
     from transformers import GenerationConfig
 
     base = model.generation_config
@@ -198,14 +200,17 @@ def greedy_config(model, max_new_tokens: int):
     if pad is None:
         pad = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
     return GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                            eos_token_id=eos, pad_token_id=pad)
+                            eos_token_id=eos, pad_token_id=pad,
+                            min_new_tokens=max_new_tokens if fixed_length else None)
 
 
-def greedy_generate(model, input_ids: List[int], max_new_tokens: int, device) -> Tuple[List[int], float]:
-    """Greedy decoding of ``max_new_tokens`` (stops early at EOS); returns (new ids, seconds)."""
+def greedy_generate(model, input_ids: List[int], max_new_tokens: int, device,
+                    fixed_length: bool = False) -> Tuple[List[int], float]:
+    """Greedy decoding of ``max_new_tokens`` (stops early at EOS unless ``fixed_length``);
+    returns (new ids, seconds)."""
     import torch
 
-    gc = greedy_config(model, max_new_tokens)
+    gc = greedy_config(model, max_new_tokens, fixed_length)
     ids = torch.tensor([input_ids], dtype=torch.long, device=device)
     cuda = ids.is_cuda
     if cuda:

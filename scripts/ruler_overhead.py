@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     bare_per = [x for r in rounds for x in r[1]]
     run_per = [r[3] / len(samples) for r in rounds]
     ident = dict(method=args.method, model=args.model, seq_len=L, task=",".join(resolve_tasks(args.tasks)),
-                 dtype="bf16", stage="e2e", batch=1, tau=args.tau if uses_tsa(args.method) else None)
+                 dtype="bf16", stage="e2e", batch=1, weights=args.weights, tau=args.tau if uses_tsa(args.method) else None)
     writer = ResultWriter("ruler_overhead", {**vars(args), "samples": len(samples), "template": template,
                                              "tokenizer": gen.tok_id},
                           device=args.device, out_dir=Path(args.out))

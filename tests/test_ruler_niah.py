@@ -44,4 +44,5 @@ def test_niah_cli_writes_one_row_per_cell(tmp_path, capsys):
     df = pd.read_csv(capsys.readouterr().out.strip().splitlines()[-1])
     cells = df[df["metric"] == "rouge1_f"]
     assert sorted(zip(cells["seq_len"], cells["depth"])) == [(1024, 0.0), (1024, 100.0), (2048, 0.0), (2048, 100.0)]
+    assert (df["weights"] == "random").all()
     assert cells["value"].between(0, 100).all() and cells["data_source"].str.startswith("generated-prose-v1").all()

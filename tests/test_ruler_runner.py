@@ -139,6 +139,9 @@ def test_cli_end_to_end_with_the_transformers_integration(tmp_path, capsys):
     assert set(df["metric"]) >= {"score", "score_mean_tasks", "runner_overhead_pct", "model_s_per_sample"}
     assert (df.loc[df["metric"] == "score", "task"] == "vt").all()
     assert df["git_sha"].notna().all() and df["config"].str.contains("run_key").all()
+    assert (df["weights"] == "random").all()                  # every row says the weights were random
+    raw = (tmp_path / "out").glob("*.csv").__next__().read_text()
+    assert ",2048," in raw and ",2048.0," not in raw         # lengths stay integers next to mean rows
     assert main(args) == 0          # rerun: resumes, nothing to run, same scores
     assert "1 already scored" in capsys.readouterr().err
 

@@ -18,6 +18,9 @@ VALUES = ["metric", "value", "lo", "hi", "n", "checked"]
 PROVENANCE = ["timestamp", "git_sha", "git_dirty", "gpu", "cuda", "torch", "triton",
               "transformers", "python", "host", "config"]
 COLUMNS = IDENTITY + VALUES + PROVENANCE
+# Whole numbers stay whole in the CSV even when some rows leave them empty (a per-length mean
+# row has no seq_len): pandas would otherwise turn the column into floats ("4096.0").
+INTEGER_COLUMNS = ["seq_len", "batch", "heads", "kv_heads", "head_dim", "layer", "n"]
 
 
 def row(metric: str, value: Any, *, lo: Any = None, hi: Any = None, n: Any = None,
@@ -48,6 +51,11 @@ class ResultWriter:
         for col in COLUMNS:
             if col not in df.columns:
                 df[col] = None
+        for col in INTEGER_COLUMNS:
+            num = pd.to_numeric(df[col], errors="coerce")
+            whole = num.notna() & (num == num.round())
+            if whole.any() and (whole | df[col].isna()).all():
+                df[col] = num.astype("Int64")
         extra = [c for c in df.columns if c not in COLUMNS]
         return df[COLUMNS + extra]
 

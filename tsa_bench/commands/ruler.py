@@ -413,7 +413,7 @@ def run_identity(args, gen, template: str) -> Tuple[dict, dict, str]:
                      seed=args.seed, data=gen.corpora.data_tag())
     identity = dict(method=args.method.lower(), backend=args.dense_backend,
                     tau=args.tau if uses_tsa(args.method) else None, model=args.model, dtype=args.dtype,
-                    stage="e2e", batch=1)
+                    weights=args.weights, stage="e2e", batch=1)
     return key_parts, identity, run_key(key_parts)
 
 

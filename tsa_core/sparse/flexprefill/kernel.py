@@ -35,14 +35,17 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _profile_kernel(
-    q_ptr, k_ptr, m_ptr, inv_l_ptr, vert_ptr, skew_ptr,
+def _window_probs_tile(
+    q_ptr, k_ptr, m_ptr, inv_l_ptr, vert_ptr,
     stride_qb, stride_qh, stride_ql, stride_qd,
     stride_kb, stride_kh, stride_kl, stride_kd,
     L, NQ, D, qk_scale, inv_nq,
     GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
+    """The step both profile kernels share: the ``[BLOCK_W, BLOCK_K]`` probabilities of the
+    last ``NQ`` queries over this program's key tile (final softmax stats, causal), with the
+    tile's vertical profile (column means) stored. Returns ``(p, key_pos, mask_w, mask_k, row)``."""
     pid_h = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -66,6 +69,23 @@ def _profile_kernel(
     visible = mask_w[:, None] & mask_k[None, :] & (key_pos[None, :] <= q_pos[:, None])
     p = tl.where(visible, tl.exp2(s - m[:, None]) * inv_l[:, None], 0.0)  # [BLOCK_W, BLOCK_K]
     tl.store(vert_ptr + row * L + key_pos, tl.sum(p, axis=0) * inv_nq, mask=mask_k)
+    return p, key_pos, mask_w, mask_k, row
+
+
+@triton.jit
+def _profile_kernel(
+    q_ptr, k_ptr, m_ptr, inv_l_ptr, vert_ptr, skew_ptr,
+    stride_qb, stride_qh, stride_ql, stride_qd,
+    stride_kb, stride_kh, stride_kl, stride_kd,
+    L, NQ, D, qk_scale, inv_nq,
+    GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    p, key_pos, mask_w, mask_k, row = _window_probs_tile(
+        q_ptr, k_ptr, m_ptr, inv_l_ptr, vert_ptr, stride_qb, stride_qh, stride_ql, stride_qd,
+        stride_kb, stride_kh, stride_kl, stride_kd, L, NQ, D, qk_scale, inv_nq,
+        GROUP, BLOCK_W, BLOCK_K, BLOCK_D, UPCAST)
+    offs_w = tl.arange(0, BLOCK_W)
     u = key_pos[None, :] - offs_w[:, None] + (NQ - 1)                      # skewed column
     skew = skew_ptr + (row * NQ + offs_w[:, None].to(tl.int64)) * L + u
     tl.store(skew, p, mask=mask_w[:, None] & mask_k[None, :] & (u < L))
@@ -85,31 +105,13 @@ def _profile_parts_kernel(
     ``t in [m BLOCK_K, (m+1) BLOCK_K)``, gathered row by row (``tl.gather``) and summed over
     the rows. Output ``parts [B, H, n_tiles, NPART * BLOCK_K]`` (small), overlap-added on
     the host side of the launch."""
-    pid_h = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    pid_b = tl.program_id(2).to(tl.int64)
-    kv_h = pid_h // GROUP
-    row = pid_b * tl.num_programs(0) + pid_h
+    p, key_pos, mask_w, mask_k, row = _window_probs_tile(
+        q_ptr, k_ptr, m_ptr, inv_l_ptr, vert_ptr, stride_qb, stride_qh, stride_ql, stride_qd,
+        stride_kb, stride_kh, stride_kl, stride_kd, L, NQ, D, qk_scale, inv_nq,
+        GROUP, BLOCK_W, BLOCK_K, BLOCK_D, UPCAST)
     offs_w = tl.arange(0, BLOCK_W)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_c = tl.arange(0, BLOCK_K)
-    mask_w = offs_w < NQ
-    mask_d = offs_d < D
-    q, q_pos, _ = load_window_queries(q_ptr, pid_b, pid_h, stride_qb, stride_qh, stride_ql, stride_qd,
-                                      L, NQ, D, BLOCK_W, BLOCK_D, UPCAST)   # [BLOCK_W, BLOCK_D]
-    m = tl.load(m_ptr + row * NQ + offs_w, mask=mask_w, other=0.0)
-    inv_l = tl.load(inv_l_ptr + row * NQ + offs_w, mask=mask_w, other=0.0)
-    key_pos = pid_k * BLOCK_K + offs_c
-    mask_k = key_pos < L
-    kt = tl.load(k_ptr + pid_b * stride_kb + kv_h * stride_kh + key_pos[None, :].to(tl.int64) * stride_kl
-                 + offs_d[:, None] * stride_kd, mask=mask_d[:, None] & mask_k[None, :], other=0.0)  # [BLOCK_D, BLOCK_K]
-    if UPCAST:
-        kt = kt.to(tl.float32)
-    s = tl.dot(q, kt) * qk_scale
-    visible = mask_w[:, None] & mask_k[None, :] & (key_pos[None, :] <= q_pos[:, None])
-    p = tl.where(visible, tl.exp2(s - m[:, None]) * inv_l[:, None], 0.0)  # [BLOCK_W, BLOCK_K]
-    tl.store(vert_ptr + row * L + key_pos, tl.sum(p, axis=0) * inv_nq, mask=mask_k)
-    out = parts_ptr + (row * n_tiles + pid_k) * (NPART * BLOCK_K)
+    out = parts_ptr + (row * n_tiles + tl.program_id(1)) * (NPART * BLOCK_K)
     for part in tl.static_range(NPART):
         col = offs_w[:, None] + (BLOCK_K - 1 - part * BLOCK_K) - offs_c[None, :]   # c for (i, w)
         ok = (col >= 0) & (col < BLOCK_K)

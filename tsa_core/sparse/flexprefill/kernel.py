@@ -16,7 +16,6 @@ Steps 3-6 work on block-level tensors and are shared with the reference
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Optional, Tuple
 
@@ -27,8 +26,7 @@ import triton.language as tl
 from tsa_core._checks import check_qkv, check_triton_device
 from tsa_core._triton_utils import next_pow2, upcast_loads
 from tsa_core.scoring.kernel import load_window_queries, window_softmax_stats
-from tsa_core.sparse.flexprefill.naive import (FlexPrefillInfo, FlexPrefillParams,
-                                               select_from_profiles)
+from tsa_core.sparse.flexprefill.naive import FlexPrefillInfo, FlexPrefillParams, pattern_from
 from tsa_core.sparse.pattern import BlockPattern
 
 _LOG2E = 1.4426950408889634
@@ -181,9 +179,4 @@ def profiles_triton(q: torch.Tensor, k: torch.Tensor, nq: int, scale: float,
 def flexprefill_pattern_triton(q: torch.Tensor, k: torch.Tensor, params: FlexPrefillParams = FlexPrefillParams(),
                                *, scale: Optional[float] = None) -> Tuple[BlockPattern, FlexPrefillInfo]:
     """Triton twin of :func:`flexprefill_pattern_naive` (same contract)."""
-    B, Hq, L, D = q.shape
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if params.runs_dense(L):
-        return BlockPattern.dense(B, Hq, L, params.block_size, q.device), FlexPrefillInfo(None, None, None, None)
-    vertical, slash = profiles_triton(q, k, min(params.block_size, L), scale)
-    return select_from_profiles(q, k, vertical, slash, params, scale)
+    return pattern_from(profiles_triton, q, k, params, scale)

@@ -206,9 +206,17 @@ def flexprefill_pattern_naive(q: torch.Tensor, k: torch.Tensor, params: FlexPref
     Returns ``(pattern, info)``: a :class:`BlockPattern` with one row list per query head,
     and the per-head decisions (:class:`FlexPrefillInfo`).
     """
+    return pattern_from(profiles_naive, q, k, params, scale)
+
+
+def pattern_from(profiles, q: torch.Tensor, k: torch.Tensor, params: FlexPrefillParams,
+                 scale: Optional[float]) -> Tuple[BlockPattern, FlexPrefillInfo]:
+    """The whole estimation with ``profiles`` (:func:`profiles_naive` or its Triton twin) for
+    steps 1-2: the dense shortcut for short inputs, the profiles of the last block of queries,
+    then the shared block selection."""
     B, Hq, L, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if params.runs_dense(L):
         return BlockPattern.dense(B, Hq, L, params.block_size, q.device), FlexPrefillInfo(None, None, None, None)
-    vertical, slash = profiles_naive(q, k, min(params.block_size, L), scale)
+    vertical, slash = profiles(q, k, min(params.block_size, L), scale)
     return select_from_profiles(q, k, vertical, slash, params, scale)

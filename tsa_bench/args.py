@@ -6,6 +6,15 @@ from typing import List
 from tsa_bench.cli import UsageError
 
 
+def add_model_load_arguments(p) -> None:
+    """``--weights``, ``--device`` and ``--dtype`` of the commands that load a model
+    (``prefill``, ``profile-layers``, ``ruler``, ``niah``): one definition of their choices."""
+    p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"],
+                   help="load the checkpoint, or build the architecture with random weights (stated in every row)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="weights dtype (default bf16)")
+
+
 def parse_length(text: str) -> int:
     """``"4k"`` -> 4096, ``"128K"`` -> 131072, ``"1000"`` -> 1000."""
     t = text.strip().lower()

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from tsa_bench.args import fmt_length, parse_lengths
+from tsa_bench.args import add_model_load_arguments, fmt_length, parse_lengths
 from tsa_bench.commands.profile_layers import resolve_device
 
 NAME = "prefill"
@@ -51,10 +51,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pool-kernel", type=int, default=7, help="TSA score pooling width (default 7)")
     p.add_argument("--sparse-layers", default=None,
                    help="'15-30', 'half', 'preset' or a profile JSON (default: preset list, saved profile, or second half)")
-    p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"],
-                   help="load the checkpoint, or build the architecture with random weights (stated in every row)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="weights dtype (default bf16)")
+    add_model_load_arguments(p)
     p.add_argument("--impl", default="auto", choices=["auto", "triton", "naive"], help="TSA ops implementation")
     p.add_argument("--batch", type=int, default=1, help="equal-length prompts per forward (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per (length, method) (default 1)")

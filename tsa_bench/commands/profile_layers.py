@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from tsa_bench.args import fmt_length, parse_length
+from tsa_bench.args import add_model_load_arguments, fmt_length, parse_length
 
 NAME = "profile-layers"
 HELP = "Measure each decoder layer's representation drift on one long prompt; keep the delta quantile."
@@ -28,12 +28,9 @@ def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="preset name, local path or Hugging Face id")
     p.add_argument("--seq-len", default="128k", help="prompt length (default 128k, as the paper)")
     p.add_argument("--delta", type=float, default=0.5, help="fraction of layers (by drift rank) to sparsify (default 0.5)")
-    p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"],
-                   help="load the checkpoint, or build the architecture with random weights")
+    add_model_load_arguments(p)
     p.add_argument("--prompt-file", default=None, help="text file for the prompt (default: a noise haystack "
                    "with a needle; random token ids when there is no tokenizer)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="weights dtype (default bf16)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights / random prompt ids")
     p.add_argument("--out-dir", default=None, help="directory of the JSON and CSV (default results/layers)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved setup and exit")
@@ -50,7 +47,7 @@ def resolve_device(name: str) -> str:
 
 
 def run(args) -> int:
-    from tsa_bench.hf import find_preset, load_model
+    from tsa_bench.hf import load_model
     from tsa_bench.hf.layers import LAYERS_DIR, measure_drift, profile_path, select_by_drift
     from tsa_bench.hf.loading import model_config, num_decoder_layers
     from tsa_bench.hf.prompts import prompt_ids
@@ -107,7 +104,7 @@ def run(args) -> int:
         rows.append({**row("drift", d, n=L, layer=i, **ident), "weights": args.weights})
         rows.append({**row("selected", int(i in layers), layer=i, **ident), "weights": args.weights})
     writer.add(rows)
-    print(f"drift per layer: " + ", ".join(f"{i}:{d:.3f}" for i, d in enumerate(drift)))
+    print("drift per layer: " + ", ".join(f"{i}:{d:.3f}" for i, d in enumerate(drift)))
     print(f"sparse layers (delta {args.delta}): {list(layers)} ({len(layers)}/{n_layers})")
     if paper is not None:
         print(f"preset's list: {paper}; overlap {doc['overlap_with_paper']}/{len(paper)}")

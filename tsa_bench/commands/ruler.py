@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from tsa_bench.args import fmt_length, parse_lengths
+from tsa_bench.args import add_model_load_arguments, fmt_length, parse_lengths
 from tsa_bench.cli import UsageError
 
 NAME = "ruler"
@@ -56,12 +56,9 @@ def add_model_arguments(p) -> None:
     p.add_argument("--model", default=None, help="preset name, local path or Hugging Face id (required)")
     p.add_argument("--method", default="tsa", help="dense | tsa | <backend> | <backend>+tsa (default tsa)")
     p.add_argument("--tau", type=float, default=0.005, help="TSA token coverage (default 0.005)")
-    p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"],
-                   help="random = build the architecture with random weights (smoke tests)")
+    add_model_load_arguments(p)
     p.add_argument("--dense-backend", default="sdpa", help="dense kernel from the registry (default sdpa)")
     p.add_argument("--sparse-layers", default=None, help="layers running TSA (default: preset / profile)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     p.add_argument("--out-dir", default=None, help="CSV directory (default results/<command>)")
     p.add_argument("--predictions", default=None, help="predictions JSONL (default: derived from the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

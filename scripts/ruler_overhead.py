@@ -121,12 +121,12 @@ def main(argv=None) -> int:
     overheads = [100 * (r_wall / b_wall - 1) for b_wall, _, _, r_wall, _, _ in rounds]
     bare_per = [x for r in rounds for x in r[1]]
     run_per = [r[3] / len(samples) for r in rounds]
-    ident = dict(method=args.method, model=args.model, seq_len=L, task=",".join(resolve_tasks(args.tasks)),
+    task = ",".join(resolve_tasks(args.tasks)) + ("; fixed-length decoding" if args.fixed_length else "")
+    ident = dict(method=args.method, model=args.model, seq_len=L, task=task,
                  dtype="bf16", stage="e2e", batch=1, weights=args.weights, tau=args.tau if uses_tsa(args.method) else None)
     writer = ResultWriter("ruler_overhead", {**vars(args), "samples": len(samples), "template": template,
                                              "tokenizer": gen.tok_id},
                           device=args.device, out_dir=Path(args.out))
-    ident["task"] += "; fixed-length decoding" if args.fixed_length else ""
     writer.add([
         row("bare_s_per_sample", round(statistics.median(bare_per), 5), lo=round(_pct(bare_per, 0.2), 5),
             hi=round(_pct(bare_per, 0.8), 5), n=len(bare_per), checked=gate, **ident),

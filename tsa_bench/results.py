@@ -53,7 +53,7 @@ class ResultWriter:
                 df[col] = None
         for col in INTEGER_COLUMNS:
             num = pd.to_numeric(df[col], errors="coerce")
-            whole = num.notna() & (num == num.round())
+            whole = num == num.round()                 # False on NaN
             if whole.any() and (whole | df[col].isna()).all():
                 df[col] = num.astype("Int64")
         extra = [c for c in df.columns if c not in COLUMNS]

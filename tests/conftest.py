@@ -1,13 +1,29 @@
-"""Test lane setup: the Triton interpreter and offline hubs, set before any kernel import."""
-import os
+"""Test lane setup: the Triton interpreter and offline hubs, set before any kernel import.
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+``TRITON_INTERPRET`` is read when a kernel module is imported (``@triton.jit`` then builds an
+interpreted or a compiled function), so it is decided here, before any test module loads:
+an explicit value in the environment wins; otherwise the interpreter runs only without
+CUDA, so ``make test-gpu`` on the lent GPU runs the real Triton compiler.
+"""
+import os
+from typing import Callable, Mapping
+
+import pytest
+import torch
+
+
+def triton_interpret_setting(environ: Mapping[str, str], cuda_available: Callable[[], bool]) -> str:
+    """The ``TRITON_INTERPRET`` value of this run: the environment's if set, else ``"1"``
+    without CUDA and ``"0"`` with it (``cuda_available`` is only called in that case)."""
+    if "TRITON_INTERPRET" in environ:
+        return environ["TRITON_INTERPRET"]
+    return "0" if cuda_available() else "1"
+
+
+os.environ["TRITON_INTERPRET"] = triton_interpret_setting(os.environ, torch.cuda.is_available)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

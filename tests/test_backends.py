@@ -5,7 +5,11 @@ from conftest import rms_ratio
 from tsa_core.backends import AttentionBackend, available_backends, get_backend, list_backends, register_backend
 
 
-def test_cpu_backends_listed_without_cuda_queries():
+def test_cpu_backends_listed_without_cuda_queries(monkeypatch):
+    def no_query(*args, **kwargs):
+        raise AssertionError("CUDA queried while listing CPU backends")
+    for name in ("is_available", "device_count", "current_device", "get_device_properties", "init"):
+        monkeypatch.setattr(torch.cuda, name, no_query)
     names = available_backends("cpu", kind="dense")
     assert {"math", "sdpa"} <= set(names)
     assert "sdpa-cudnn" not in names
@@ -46,8 +50,10 @@ def test_register_rejects_duplicates_and_bad_kinds():
 
 
 def test_missing_package_is_reported():
-    be = get_backend("flash-attn")
-    reason = be.unavailable_reason("cuda")
-    import importlib.util
-    if importlib.util.find_spec("flash_attn") is None:
-        assert "flash_attn" in reason
+    """A backend whose required package is absent says which package; the flash-attn entry
+    declares its package (whether or not it is installed here)."""
+    assert get_backend("flash-attn").requires == ("flash_attn",)
+    be = AttentionBackend("x-needs-pkg", "a:b", devices=("cpu",), requires=("tsa_no_such_package_xyz",))
+    reason = be.unavailable_reason("cpu")
+    assert reason is not None and "'tsa_no_such_package_xyz'" in reason and "not installed" in reason
+    assert AttentionBackend("x-has-pkg", "a:b", devices=("cpu",), requires=("torch",)).unavailable_reason("cpu") is None

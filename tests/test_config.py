@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from tsa_core import TSAConfig
@@ -23,8 +25,10 @@ def test_defaults_follow_the_paper():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
-        TSAConfig().tau = 0.1
+    cfg = TSAConfig(tau=0.01)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.tau = 0.1
+    assert cfg.tau == 0.01
 
 
 def test_dense_rules():

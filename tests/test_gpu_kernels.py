@@ -9,6 +9,23 @@ from conftest import rms_ratio
 pytestmark = pytest.mark.gpu
 
 
+def test_kernels_are_compiled_not_interpreted():
+    """The GPU lane runs the real Triton compiler: the interpreter is off and every kernel
+    of tsa_core is a compiled ``JITFunction`` (conftest turns the interpreter on only
+    without CUDA; an explicit TRITON_INTERPRET=1 would make this fail)."""
+    import importlib
+    import pkgutil
+    import tsa_core
+    from tsa_core._checks import interpreter_on
+    assert not interpreter_on(), "TRITON_INTERPRET is on in the GPU lane"
+    kinds = {}
+    for info in pkgutil.walk_packages(tsa_core.__path__, "tsa_core."):
+        for name, obj in vars(importlib.import_module(info.name)).items():
+            if type(obj).__name__ in ("JITFunction", "InterpretedFunction"):
+                kinds[f"{info.name}.{name}"] = type(obj).__name__
+    assert len(kinds) >= 10 and set(kinds.values()) == {"JITFunction"}, kinds
+
+
 def _qkv(B, Hq, Hkv, L, D, seed=0, dtype=torch.bfloat16):
     from tsa_bench.workload import Workload, synthetic_qkv
     return synthetic_qkv(B, Hq, Hkv, L, D, workload=Workload(seed=seed), device="cuda", dtype=dtype)

@@ -66,12 +66,14 @@ def test_short_sequence_runs_dense_and_says_why():
     out, stats = tsa_attention(q, k, v, CFG, "math")
     assert stats.dense and "min_keep" in stats.reason
     assert stats.kept == (24, 24) and stats.sparsity == (0.0, 0.0)
+    assert torch.equal(out, get_backend("math")(q, k, v, scale=16 ** -0.5).transpose(1, 2))
 
 
 def test_nothing_to_prune_falls_back_to_dense():
     q, k, v = _qkv()
     out, stats = tsa_attention(q, k, v, TSAConfig(keep_ratio=1.0, window=8, min_keep=16), "math")
     assert stats.dense and "nothing to prune" in stats.reason
+    assert torch.equal(out, get_backend("math")(q, k, v, scale=16 ** -0.5).transpose(1, 2))
 
 
 def test_each_batch_element_gets_what_it_would_get_alone():

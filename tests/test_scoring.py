@@ -3,6 +3,7 @@ import torch
 
 from conftest import rms_ratio
 from tsa_core.scoring import score_window_naive, score_window_triton
+from tsa_core.scoring.kernel import _n_chunks, window_softmax_stats
 
 SHAPES = [  # B, Hq, Hkv, L, D, W
     (1, 2, 2, 64, 16, 16),
@@ -27,6 +28,24 @@ def test_triton_matches_naive(shape, gen, poison):
     out = score_window_triton(q, k, W)
     assert out.shape == (B, Hq, L - W) and out.dtype == torch.float32
     assert rms_ratio(out, ref) < 1e-5
+
+
+def test_triton_matches_naive_over_several_key_chunks(gen, poison):
+    """L = 1000 with two rows: both passes split the keys into several 256-key chunks (the
+    combine kernel merges partial softmax stats; chunk borders fall inside the prefix).
+    Shorter inputs run one chunk and never reach that path."""
+    B, Hq, Hkv, L, D, W = 1, 2, 1, 1000, 16, 37
+    assert _n_chunks(torch.device("cpu"), B * Hq, L) > 1 and _n_chunks(torch.device("cpu"), B * Hq, L - W) > 1
+    q, k = _qkv(gen, B, Hq, Hkv, L, D)
+    out = score_window_triton(q, k, W)
+    ref = score_window_naive(q, k, W)
+    assert rms_ratio(out, ref) < 1e-5
+    m, inv_l = window_softmax_stats(q, k, W)
+    logits = torch.einsum("bhwd,bhld->bhwl", q[:, :, L - W:], k.expand(B, Hq, L, D)) * D ** -0.5
+    logits = logits.masked_fill(torch.arange(L).view(1, L) > torch.arange(L - W, L).view(W, 1), float("-inf"))
+    log2e = 1.4426950408889634
+    torch.testing.assert_close(m, logits.amax(-1) * log2e, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(inv_l, 1.0 / torch.exp2(logits * log2e - m.unsqueeze(-1)).sum(-1), rtol=1e-4, atol=0)
 
 
 def test_triton_fp16_matches_naive(gen):

@@ -13,8 +13,9 @@ def _scores(gen, B, H, P, ties=False):
     return s
 
 
-@pytest.mark.parametrize("shape, kernel", [((1, 2, 50), 7), ((2, 4, 157), 7), ((2, 3, 61), 1), ((1, 4, 5), 9)],
-                         ids=["b1", "b2-odd", "k1", "kernel-wider-than-input"])
+@pytest.mark.parametrize("shape, kernel", [((1, 2, 50), 7), ((2, 4, 157), 7), ((2, 3, 61), 1), ((1, 4, 5), 9),
+                                           ((1, 2, 2500), 7)],
+                         ids=["b1", "b2-odd", "k1", "kernel-wider-than-input", "three-1024-tiles"])
 def test_pool_triton_matches_naive(shape, kernel, gen, poison):
     s = _scores(gen, *shape)
     p_ref, l_ref = pool_scores_naive(s, kernel)
@@ -130,10 +131,41 @@ def test_select_ties_go_to_lower_indices():
         assert order[0, 0, :4].tolist() == [0, 1, 2, 5]
 
 
-def test_select_is_deterministic(gen):
-    s = _scores(gen, 2, 3, 100, ties=True)
-    keep = torch.tensor([50, 60])
-    assert torch.equal(select_topk_triton(s, keep, 110), select_topk_triton(s, keep, 110))
+def _tied_runs_case(gen, B, H, P, runs, n_high):
+    """Scores with ``n_high`` distinct high values per row (random positions outside the
+    runs), one tied value 0.5 on every position of ``runs``, distinct low values elsewhere."""
+    s = torch.rand(B, H, P, generator=gen) * 0.4                 # low: [0, 0.4)
+    tied = torch.zeros(P, dtype=torch.bool)
+    for lo, hi in runs:
+        tied[lo:hi] = True
+    free = (~tied).nonzero().flatten()
+    high = torch.zeros(B, H, P, dtype=torch.bool)
+    for b in range(B):
+        for h in range(H):
+            high[b, h, free[torch.randperm(len(free), generator=gen)[:n_high]]] = True
+    s = torch.where(high, 0.6 + 0.4 * torch.rand(B, H, P, generator=gen), s)
+    return torch.where(tied, torch.full_like(s, 0.5), s), high, tied
+
+
+def test_select_ties_across_prefix_blocks(gen):
+    """P = 4500 spans three 2048-token blocks of the selection kernels (radix histograms and
+    the compaction's carried counts); the tied run at the threshold crosses the borders at
+    2048 and 4096, and the ties are taken lowest index first across them. Exact kept set,
+    and the whole permutation equals the reference."""
+    B, H, P, W, n_high = 2, 2, 4500, 20, 300
+    runs = [(2000, 2101), (4050, 4151)]                          # 101 + 101 tied positions
+    s, high, tied = _tied_runs_case(gen, B, H, P, runs, n_high)
+    need = [150, 60]                  # b0: all of run 1, then 4050..4098; b1: 2000..2059
+    keep = torch.tensor([n_high + n for n in need])
+    order = select_topk_triton(s, keep, P + W)
+    tie_pos = tied.nonzero().flatten()
+    for b in range(B):
+        for h in range(H):
+            want = torch.zeros(P, dtype=torch.bool)
+            want[high[b, h]] = True
+            want[tie_pos[: need[b]]] = True
+            assert torch.equal(order[b, h, : int(keep[b])].long(), want.nonzero().flatten())
+    assert torch.equal(order, select_topk_naive(s, keep, P + W))
 
 
 def test_select_rejects_bad_keep(gen):

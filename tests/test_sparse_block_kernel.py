@@ -53,6 +53,20 @@ def test_kernel_matches_reference_with_columns(gen):
     torch.testing.assert_close(out, block_sparse_attention_naive(q, k, v, pattern), atol=2e-5, rtol=1e-4)
 
 
+def test_kernel_matches_reference_with_many_columns(gen):
+    """More columns than one ``BLOCK_N`` gather (100 columns, 32 per step: four passes of
+    the column loop, the last one partial), many of them inside active blocks (skipped)."""
+    B, Hq, Hkv, L, D, bs = 1, 2, 1, 300, 16, 32
+    q, k, v = _qkv(gen, B, Hq, Hkv, L, D)
+    pattern = _random_pattern(gen, B, Hq, L, bs, p=0.3, n_cols=100)
+    assert int(pattern.col_cnt.max()) > 3 * 32
+    inside = pattern.block_mask[0, 0, -1][pattern.cols[0, 0].long() // bs]
+    assert inside.any() and not inside.all()          # last row: some columns skipped, some gathered
+    out = torch.full_like(q, float("nan"))
+    block_sparse_attention(q, k, v, pattern, out=out)
+    torch.testing.assert_close(out, block_sparse_attention_naive(q, k, v, pattern), atol=2e-5, rtol=1e-4)
+
+
 def test_kernel_subtiles_match(gen):
     """Tiles smaller than the pattern block (BLOCK_M = BLOCK_N = 16 inside 32-blocks)."""
     q, k, v = _qkv(gen, 1, 2, 1, 77, 16)

@@ -11,8 +11,6 @@ from tsa_core.sparse.flexprefill.naive import (FlexPrefillParams, _budget_blocks
                                                profiles_naive)
 from tsa_core.sparse.pattern import causal_block_grid
 
-SMALL = FlexPrefillParams(block_size=16, min_budget=32)
-
 
 @pytest.fixture(scope="module")
 def qkv():
@@ -112,11 +110,117 @@ def test_js_distance_bounds():
     assert js_distance(a, b).item() == pytest.approx(math.sqrt(math.log(2)), rel=1e-5)
 
 
-def test_deterministic(qkv):
+def _ranked(scores, forced):
+    """Indices of ``scores`` (plain floats): the forced ones first, then by descending score,
+    ties to the lower index. Plain Python, independent of the selector under test."""
+    rest = sorted((i for i in range(len(scores)) if i not in forced), key=lambda i: (-scores[i], i))
+    return list(forced) + rest
+
+
+def _top_set(scores, n, forced):
+    """``(the top n indices as a set, score gap between the last kept and the first dropped)``."""
+    ranked = _ranked(scores, forced)
+    gap = math.inf
+    if len(forced) < n < len(ranked):
+        gap = scores[ranked[n - 1]] - scores[ranked[n]]
+    return set(ranked[:n]), gap
+
+
+def _expected_budget(profile, gamma, bs, lo, hi):
+    """Step 3 in plain Python: tokens whose descending cumulative mass stays <= gamma, + 1."""
+    count, csum = 0, 0.0
+    for p in sorted(profile, reverse=True):
+        csum += p
+        if csum > gamma:
+            break
+        count += 1
+    return min(max((count + 1) // bs + 1, lo), hi)
+
+
+def _expected_vertical_slash(vertical, slash, n_v, n_s, bs):
+    """The vertical-slash block mask built entry by entry: block ``c`` of row ``r`` is active
+    iff ``c`` is among the top ``n_v`` sum-pooled vertical blocks or the distance block
+    ``r - c`` among the top ``n_s`` sum-pooled slash blocks (block 0 forced in both)."""
+    B, H, L = vertical.shape
+    nb = -(-L // bs)
+    want = torch.zeros(B, H, nb, nb, dtype=torch.bool)
+    min_gap = math.inf
+    for b in range(B):
+        for h in range(H):
+            v_blocks = [vertical[b, h, c * bs:(c + 1) * bs].double().sum().item() for c in range(nb)]
+            s_blocks = [slash[b, h, t * bs:(t + 1) * bs].double().sum().item() for t in range(nb)]
+            cols, gap_v = _top_set(v_blocks, int(n_v[b, h]), [0])
+            diags, gap_s = _top_set(s_blocks, int(n_s[b, h]), [0])
+            min_gap = min(min_gap, gap_v, gap_s)
+            for r in range(nb):
+                for c in range(r + 1):
+                    want[b, h, r, c] = c in cols or (r - c) in diags
+    return want, min_gap
+
+
+BRUTE_CASES = [
+    pytest.param(dict(gamma=0.5, min_budget=48), id="floor3"),
+    pytest.param(dict(gamma=0.9, min_budget=32), id="gamma0.9"),
+    pytest.param(dict(gamma=0.99, min_budget=16, max_budget=64), id="gamma0.99-cap4"),
+    pytest.param(dict(gamma=0.99, min_budget=16), id="gamma0.99"),
+]
+
+
+@pytest.mark.parametrize("kw", BRUTE_CASES)
+def test_vertical_slash_blocks_are_the_top_pooled_profiles(qkv, kw):
+    """tau = 0 (every head vertical-slash): the pattern equals a brute-force top-k of the
+    pooled profiles, at several budgets (densities). Catches a selector that keeps the
+    wrong blocks (e.g. the lowest-scoring ones), which the Triton-vs-naive comparison
+    cannot see since both share the selection."""
     q, k, _ = qkv
-    p1, _ = flexprefill_pattern_triton(q, k, SMALL)
-    p2, _ = flexprefill_pattern_triton(q, k, SMALL)
-    assert torch.equal(p1.kv_idx, p2.kv_idx) and torch.equal(p1.kv_cnt, p2.kv_cnt)
+    prm = FlexPrefillParams(block_size=16, tau=0.0, **kw)
+    pattern, info = flexprefill_pattern_naive(q, k, prm)
+    vertical, slash = profiles_naive(q, k, 16, 32 ** -0.5)
+    nb = pattern.num_blocks
+    lo = -(-prm.min_budget // 16)
+    hi = nb if prm.max_budget is None else -(-prm.max_budget // 16)
+    for name, prof, got in (("vertical", vertical, info.vertical_blocks), ("slash", slash, info.slash_blocks)):
+        want = [[_expected_budget(prof[b, h].double().tolist(), prm.gamma, 16, lo, hi) for h in range(4)]
+                for b in range(2)]
+        assert got.tolist() == want, name
+        assert ((got > 1) & (got < nb)).any(), f"{name}: no head with a real choice; the case tests nothing"
+    want, gap = _expected_vertical_slash(vertical, slash, info.vertical_blocks, info.slash_blocks, 16)
+    assert gap > 1e-6, "near-tie at the cut (rounding could flip it): choose other data"
+    assert torch.equal(pattern.block_mask, want)
+    assert 0.0 < pattern.density().mean().item() < 1.0
+
+
+def test_query_aware_heads_keep_the_top_floor_blocks(qkv):
+    """tau = 1 (every head query-aware): both budgets drop to the floor and the pattern holds
+    the top floor-many pooled vertical and slash blocks (plus the coverage blocks)."""
+    q, k, _ = qkv
+    prm = FlexPrefillParams(block_size=16, tau=1.0, gamma=0.5, min_budget=48)
+    pattern, info = flexprefill_pattern_naive(q, k, prm)
+    assert bool(info.query_aware.all())
+    vertical, slash = profiles_naive(q, k, 16, 32 ** -0.5)
+    floor = torch.full((2, 4), 3)
+    want, gap = _expected_vertical_slash(vertical, slash, floor, floor, 16)
+    assert gap > 1e-6, "near-tie at the cut (rounding could flip it): choose other data"
+    assert not (want & ~pattern.block_mask).any()
+
+
+def test_tied_blocks_go_to_the_lower_index():
+    """Zero queries and keys give flat profiles (the pooled blocks that every last query sees
+    tie exactly): the kept blocks are the forced one, then the lowest indices. Pins the
+    tie-break of the selection (shared by both paths) that makes the pattern deterministic.
+    Reference profiles only: the Triton slash profile sums each distance in its own order,
+    so its ties need not be exact."""
+    L, D = 100, 16
+    q = torch.zeros(1, 1, L, D)
+    k = torch.zeros(1, 1, L, D)
+    prm = FlexPrefillParams(block_size=16, tau=0.0, gamma=0.5, min_budget=48)   # 3 blocks each
+    pattern, info = flexprefill_pattern_naive(q, k, prm)
+    assert info.vertical_blocks.tolist() == [[3]]
+    nb = pattern.num_blocks
+    kept_cols = pattern.block_mask[0, 0, nb - 1]      # last row: vertical blocks and slash blocks
+    # uniform attention: both profiles are flat over the first 5 blocks (exact ties), so the
+    # vertical blocks are 0 (sink), 1, 2 and the slash blocks the distances 0 (diagonal), 1, 2
+    assert kept_cols.nonzero().flatten().tolist() == [0, 1, 2, nb - 3, nb - 2, nb - 1]
 
 
 def test_short_sequences_run_dense(qkv):

@@ -65,10 +65,64 @@ def test_threshold_coverage_and_minimality(qkv, thr):
     assert ((covered - weakest)[has_opt] < thr * total[has_opt] + 1e-6).all()
 
 
-def test_deterministic(qkv):
+def _expected_mask(scores, thr):
+    """Step 3 row by row in plain Python: the sink and the diagonal, then the other causal
+    blocks by descending score (ties to the lower index) while the mass taken so far is
+    below ``thr`` of the row total. Returns ``(mask, smallest distance of a decision from
+    the threshold)``."""
+    B, H, nb, _ = scores.shape
+    want = torch.zeros(B, H, nb, nb, dtype=torch.bool)
+    margin = float("inf")
+    for b in range(B):
+        for h in range(H):
+            for r in range(nb):
+                row = scores[b, h, r].double().tolist()
+                target = thr * sum(row[: r + 1])
+                forced = sorted({0, r})
+                mass = sum(row[c] for c in forced)
+                for c in forced:
+                    want[b, h, r, c] = True
+                for c in sorted(range(1, r), key=lambda c: (-row[c], c)):
+                    margin = min(margin, abs(mass - target))
+                    if mass >= target:
+                        break
+                    want[b, h, r, c] = True
+                    mass += row[c]
+    return want, margin
+
+
+@pytest.mark.parametrize("thr", [pytest.param(0.8, id="thr0.8"), pytest.param(0.9, id="thr0.9"),
+                                 pytest.param(0.99, id="thr0.99")])
+def test_pattern_is_the_brute_force_selection(qkv, thr):
+    """The pattern equals a row-by-row selection from the block scores, at several
+    thresholds (densities). Catches a selector that adds the wrong blocks first (e.g. the
+    lowest-scoring ones), which Triton-vs-naive cannot see since both share the selection."""
     q, k, _ = qkv
-    p1, p2 = xattention_pattern_triton(q, k, SMALL), xattention_pattern_triton(q, k, SMALL)
-    assert torch.equal(p1.kv_idx, p2.kv_idx)
+    prm = XAttentionParams(stride=4, block_size=16, threshold=thr)
+    pattern = xattention_pattern_naive(q, k, prm)
+    want, margin = _expected_mask(block_scores_naive(q, k, prm, 32 ** -0.5), thr)
+    assert margin > 1e-6, "a decision within rounding of the threshold: choose other data"
+    nb = pattern.num_blocks
+    optional = want & ~torch.eye(nb, dtype=torch.bool)
+    optional[..., 0] = False
+    causal_optional = causal_block_grid(nb, nb, "cpu") & ~torch.eye(nb, dtype=torch.bool)
+    causal_optional[..., 0] = False
+    assert optional.any() and (causal_optional & ~optional).any()    # the case makes real choices
+    assert torch.equal(pattern.block_mask, want)
+
+
+def test_tied_blocks_go_to_the_lower_index():
+    """Zero queries and keys: every off-diagonal causal block of a row has exactly the same
+    score, so the optional blocks kept are the lowest indices after the sink. Pins the
+    tie-break that makes the pattern deterministic (reference scores: exact ties)."""
+    q, k = torch.zeros(1, 1, 128, 16), torch.zeros(1, 1, 128, 16)
+    prm = XAttentionParams(stride=4, block_size=16, threshold=0.6)
+    row = xattention_pattern_naive(q, k, prm).block_mask[0, 0, 7]
+    kept = row.nonzero().flatten().tolist()
+    assert kept[0] == 0 and kept[-1] == 7
+    optional = kept[1:-1]
+    assert 0 < len(optional) < 6
+    assert optional == list(range(1, 1 + len(optional)))
 
 
 def test_params_validation():

@@ -198,3 +198,76 @@ def test_gpu_tiny_llama_bf16_triton_ops():
     assert kept["naive"] == kept["triton"] and kept["naive"][0] < 3000
     err = (logits["triton"] - logits["naive"]).norm() / logits["naive"].norm()
     assert err < 2e-2
+
+
+# -- the sparse layer inside the model equals tsa_core.tsa_attention on its own q/k/v ----------
+RECORDER = "tsa-recorder"
+# FlexPrefill with 16-token blocks, a 16-token minimum budget and coverage gamma 0.5 (the
+# registry's "flexprefill" has 128-token blocks and a 1024-token budget, so it would run dense
+# on a CPU-sized prompt; random weights spread attention, so gamma 0.95 keeps every block);
+# the PyTorch references, so the test does not wait on the Triton interpreter.
+FLEX_SMALL = "flexprefill-block16"
+CAPTURE = TSAConfig(tau=0.005, window=16, min_keep=16, pool_kernel=3, keep_ratio=0.5)
+
+
+@pytest.fixture
+def recorded():
+    """Register (under another name) an attention function that records each layer's
+    ``(query, key, value)`` (after RoPE: what the attention function receives) and delegates
+    to the real "tsa" function; returns the dict it fills, ``{layer_idx: (q, k, v)}``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from tsa_bench.hf import tsa_attention_forward
+    from tsa_core.backends import AttentionBackend, register_backend
+
+    options = {"method": "flexprefill", "block_size": 16, "min_budget": 16, "gamma": 0.5, "impl": "naive"}
+    register_backend(AttentionBackend(FLEX_SMALL, "tsa_core.sparse.methods:sparse_attention", kind="sparse",
+                                      devices=("cpu", "cuda"), options=options), replace=True)
+    calls = {}
+
+    def record(module, query, key, value, attention_mask, **kwargs):
+        calls[module.layer_idx] = (query.clone(), key.clone(), value.clone())
+        return tsa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(RECORDER, record)
+    AttentionMaskInterface.register(RECORDER, sdpa_mask)
+    return calls
+
+
+@pytest.mark.parametrize("method, kernel", [("tsa", "sdpa"), (f"{FLEX_SMALL}+tsa", FLEX_SMALL)],
+                         ids=["tsa", "flexprefill+tsa"])
+@torch.no_grad()
+def test_sparse_layer_output_is_tsa_attention_on_its_qkv(method, kernel, recorded):
+    """Every attention module's output is o_proj of what tsa_core computes on the q/k/v that
+    layer saw: ``tsa_attention(q, k, v, cfg, kernel)`` in the sparse layers 2 and 3 (which
+    drop tokens), ``kernel`` on the full sequence in layers 0 and 1."""
+    from tsa_core import get_backend, tsa_attention
+    from tsa_core.sparse import last_stats as sparse_stats
+
+    n = 192
+    model, _ = load_model("tiny-llama", weights="random", method=method, tsa_config=CAPTURE, sparse_layers=[2, 3],
+                          dtype=torch.float32, impl="naive", seed=3)
+    model.set_attn_implementation(RECORDER)
+    outputs = {}
+    hooks = [layer.self_attn.register_forward_hook(lambda mod, args, out: outputs.__setitem__(mod.layer_idx, out[0]))
+             for layer in model.model.layers]
+    cache = model(_ids(n, seed=2), use_cache=True).past_key_values
+    for h in hooks:
+        h.remove()
+    stats = last_stats(model)
+    assert sorted(recorded) == sorted(outputs) == [0, 1, 2, 3]
+    for i, (q, k, v) in recorded.items():
+        assert torch.equal(k, _layer_keys(cache, i))          # the keys the cache holds: after RoPE
+        if i in (2, 3):
+            assert not stats[i].dense and stats[i].kept[0] < n
+            want, want_stats = tsa_attention(q, k, v, CAPTURE, kernel, impl="naive")
+            assert want_stats == stats[i]
+        else:
+            assert stats[i].dense
+            want = get_backend(kernel)(q, k, v, scale=q.shape[-1] ** -0.5).transpose(1, 2)
+        attn = model.model.layers[i].self_attn
+        torch.testing.assert_close(outputs[i], attn.o_proj(want.reshape(1, n, -1)), rtol=0, atol=0)
+    if kernel == FLEX_SMALL:                                   # the last call: layer 3, kept tokens only
+        last = sparse_stats()
+        assert last["seq_lens"] == (stats[3].kept[0],) and last["density"] < 1.0

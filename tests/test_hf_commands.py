@@ -123,3 +123,25 @@ def test_prompt_ids_lengths_and_sources(tmp_path):
     assert torch.equal(a, b) and int(a.max()) < 100
     with pytest.raises(ValueError, match="needs a tokenizer"):
         prompt_ids(10, vocab_size=100, prompt_file=str(f))
+
+
+def test_prefill_runs_every_sparse_method(tmp_path, capsys, monkeypatch):
+    """``--methods auto``: every sparse method of the registry, alone and composed with TSA, runs
+    inside ``prefill``; the compositions drop tokens in the sparse layers."""
+    from tsa_core.backends import available_backends
+
+    # the sparse methods' PyTorch references: under the Triton interpreter one forward takes ~10 s
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    rc = main(["prefill", *TINY, *SMALL_TSA, "--seq-lens", "160", "--keep-ratio", "0.5", "--runs", "1",
+               "--warmup", "0", "--no-check", "--methods", "auto", "--out-dir", str(tmp_path)])
+    assert rc == 0
+    df = pd.read_csv(_last_line(capsys))
+    assert "failed" not in set(df.metric)
+    sparse = available_backends("cpu", kind="sparse")
+    assert {"flexprefill", "minference", "xattention"} <= set(sparse)
+    ttft = df[df.metric == "ttft_mean_s"]
+    assert set(ttft.method) == {"dense", "tsa", *sparse, *(f"{m}+tsa" for m in sparse)} and ttft.checked.all()
+    for m in sparse:
+        composed = df[df.method == f"{m}+tsa"].set_index("metric").value
+        assert composed["keep_fraction"] < 0.6 and composed["dense_fallback_layers"] == 0, m
+        assert "keep_fraction" not in set(df[df.method == m].metric), m        # no TSA in the method alone

@@ -10,7 +10,8 @@ For one sequence length and one TSA setting it measures, on the same inputs and 
 Derived per method: overhead (all stages but attention) and its fraction of the total, the
 one-layer speedup ``dense / total`` and the all-layer speedup the paper reports,
 ``dense / ((1 - f) * dense + f * total)`` with ``f`` the fraction of sparse layers.
-Every measurement is gated by a correctness check on a subset of heads (see :func:`check`).
+Every measurement is gated by a correctness check on a subset of heads of every batch element
+(see :func:`check`).
 """
 from __future__ import annotations
 
@@ -85,43 +86,47 @@ def _select_stage(ops, scores, cfg, L):
 
 def check(q, k, v, st, cfg: TSAConfig, scale: float, heads: List[int],
           dense_kernel: bool = True) -> Dict[str, float]:
-    """Correctness of one TSA run on a subset of (batch 0) heads, against PyTorch references.
+    """Correctness of one TSA run on a subset of heads of every batch element, against
+    PyTorch references. Each metric is the worst over the (element, head) pairs checked.
 
     * scores: our kernel vs the float32 reference (relative RMS error);
-    * selection: the kernel's permutation equals the reference's on the same pooled scores;
-    * output: kept rows vs float64 attention over the same kept set, with the STYLE.md rule
-      (error at most 2x that of a plain PyTorch run in the input dtype, or 1e-5 in fp32);
-      dropped rows exactly zero.
+    * selection: the kernel's permutation equals the reference's on the same pooled scores,
+      for every element (each has its own budget ``keep[b]``);
+    * output: each element's kept rows vs float64 attention over the same kept set, with the
+      STYLE.md rule (error at most 2x that of a plain PyTorch run in the input dtype, or 1e-5
+      in fp32); dropped rows exactly zero.
     """
-    L, D = q.shape[2], q.shape[3]
+    B, L = q.shape[0], q.shape[2]
     G = q.shape[1] // k.shape[1]
     out: Dict[str, float] = {}
     s_err = 0.0
     for h in heads:
-        ref = NAIVE_OPS.score(q[:1, h:h + 1], k[:1, h // G:h // G + 1], cfg.window, scale)
-        got = st["scores"][:1, h:h + 1]
-        s_err = max(s_err, ((got - ref).norm() / ref.norm()).item())
+        ref = NAIVE_OPS.score(q[:, h:h + 1], k[:, h // G:h // G + 1], cfg.window, scale)
+        got = st["scores"][:, h:h + 1]
+        for b in range(B):
+            s_err = max(s_err, ((got[b] - ref[b]).norm() / ref[b].norm()).item())
     out["score_rel_err"] = s_err
-    sub_pooled = st["pooled"][:1, heads].contiguous()
-    ref_order = NAIVE_OPS.select(sub_pooled, st["keep"][:1], L)
-    out["select_equal"] = float(torch.equal(ref_order, st["order"][:1, heads]))
-    n = int(st["n_kept"][0])
+    sub_pooled = st["pooled"][:, heads].contiguous()
+    ref_order = NAIVE_OPS.select(sub_pooled, st["keep"], L)
+    out["select_equal"] = float(torch.equal(ref_order, st["order"][:, heads]))
     o_err, lp_err, zero_ok = 0.0, 0.0, True
-    for h in heads:
-        idx = st["order"][0, h, :n].long()
-        got = st["out"][0, idx, h].double()
-        if dense_kernel:
-            qc, kc, vc = q[0, h, idx], k[0, h // G, idx], v[0, h // G, idx]
-            ref = _causal_attention(qc.double(), kc.double(), vc.double(), scale)
-            lowp = _causal_attention(qc, kc, vc, scale).double()
-        else:       # a sparse kernel ran on the kept tokens: the scatter must hold its rows
-            ref = st["out_c"][0, h, :n].double()
-            lowp = ref
-        o_err = max(o_err, ((got - ref).norm() / ref.norm()).item())
-        lp_err = max(lp_err, ((lowp - ref).norm() / ref.norm()).item())
-        dropped = torch.ones(L, dtype=torch.bool, device=q.device)
-        dropped[idx] = False
-        zero_ok &= bool((st["out"][0, dropped, h] == 0).all())
+    for b in range(B):
+        n = int(st["n_kept"][b])
+        for h in heads:
+            idx = st["order"][b, h, :n].long()
+            got = st["out"][b, idx, h].double()
+            if dense_kernel:
+                qc, kc, vc = q[b, h, idx], k[b, h // G, idx], v[b, h // G, idx]
+                ref = _causal_attention(qc.double(), kc.double(), vc.double(), scale)
+                lowp = _causal_attention(qc, kc, vc, scale).double()
+            else:       # a sparse kernel ran on the kept tokens: the scatter must hold its rows
+                ref = st["out_c"][b, h, :n].double()
+                lowp = ref
+            o_err = max(o_err, ((got - ref).norm() / ref.norm()).item())
+            lp_err = max(lp_err, ((lowp - ref).norm() / ref.norm()).item())
+            dropped = torch.ones(L, dtype=torch.bool, device=q.device)
+            dropped[idx] = False
+            zero_ok &= bool((st["out"][b, dropped, h] == 0).all())
     out["out_rel_err"] = o_err
     out["lowp_rel_err"] = lp_err
     out["dropped_zero"] = float(zero_ok)
@@ -328,24 +333,28 @@ def _derived(method, dense_ms, total_ms, overhead_ms, attn_ms, frac, ident, pass
 
 
 def check_sparse(q, k, v, out, pattern, scale: float, heads: List[int], rows: int = 256) -> Dict[str, float]:
-    """A sparse method's output on the last ``rows`` queries of some heads (batch 0) against
-    float64 attention restricted to the same pattern (``pattern.token_mask``); tolerance as
-    in :func:`check`: at most 2x a plain PyTorch run in the input dtype."""
-    L = q.shape[2]
+    """A sparse method's output on the last ``rows`` queries of some heads of every batch
+    element against float64 attention restricted to the same pattern (``pattern.token_mask``);
+    tolerance as in :func:`check`: at most 2x a plain PyTorch run in the input dtype."""
+    B, L = q.shape[0], q.shape[2]
     G = q.shape[1] // k.shape[1]
     s0 = max(0, L - rows)
     err, lp = 0.0, 0.0
-    for h in heads:
-        allowed = pattern.token_mask(0, h, s0, L)
-        def attn(qq, kk, vv):
-            logits = (qq[s0:] @ kk.T).float() * scale
-            p = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
-            return p.to(qq.dtype) @ vv
-        ref = attn(q[0, h].double(), k[0, h // G].double(), v[0, h // G].double())
-        low = attn(q[0, h], k[0, h // G], v[0, h // G]).double()
-        got = out[0, h, s0:].double()
-        err = max(err, ((got - ref).norm() / ref.norm()).item())
-        lp = max(lp, ((low - ref).norm() / ref.norm()).item())
+
+    def attn(qq, kk, vv, allowed):
+        logits = (qq[s0:] @ kk.T).float() * scale
+        p = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+        return p.to(qq.dtype) @ vv
+
+    for b in range(B):
+        for h in heads:
+            allowed = pattern.token_mask(b, h, s0, L)
+            qh, kh, vh = q[b, h], k[b, h // G], v[b, h // G]
+            ref = attn(qh.double(), kh.double(), vh.double(), allowed)
+            low = attn(qh, kh, vh, allowed).double()
+            got = out[b, h, s0:].double()
+            err = max(err, ((got - ref).norm() / ref.norm()).item())
+            lp = max(lp, ((low - ref).norm() / ref.norm()).item())
     tol = max(2.0 * lp, 1e-5)
     return {"sparse_rel_err": err, "sparse_lowp_rel_err": lp, "passed": float(err <= tol)}
 

@@ -55,3 +55,26 @@ def test_rouge1_f_on_the_needle():
     assert rouge1_f(needle, needle) == pytest.approx(1.0)
     assert rouge1_f("eat a sandwich and sit in Dolores Park", needle) == pytest.approx(16 / 29)   # P = 1, R = 8/21
     assert rouge1_f("nothing relevant", needle) == 0.0
+
+
+def test_rouge1_f_is_the_harmonic_mean_of_precision_and_recall():
+    assert rouge1_f("a b c d", "a b") == pytest.approx(2 / 3)        # P = 1/2, R = 1
+    assert rouge1_f("a b", "a b c d e f") == pytest.approx(1 / 2)    # P = 1, R = 1/3
+
+
+def test_score_sample_rouge1_f_post_processes_and_takes_the_best_reference():
+    assert score_sample("rouge1_f", " eat a\x00sandwich ", ["sit in the park", "eat a sandwich"]) == pytest.approx(1.0)
+    assert score_sample("rouge1_f", "park bench", ["sit in the park", "eat a sandwich"]) == pytest.approx(2 / 6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: match_all("a", []), r"^references must not be empty$"),
+    (lambda: match_part("a", []), r"^references must not be empty$"),
+    (lambda: string_match_part([], []), r"^no predictions to score$"),
+    (lambda: string_match_all(["a"], []), r"^1 predictions but 0 reference lists$"),
+    (lambda: score_sample("exact_match", "a", ["a"]),
+     r"^metric must be one of string_match_all, string_match_part, rouge1_f, got 'exact_match'$"),
+], ids=["match-all-no-refs", "match-part-no-refs", "no-predictions", "length-mismatch", "unknown-metric"])
+def test_bad_input_messages_say_what_is_wrong(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

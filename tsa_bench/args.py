@@ -1,18 +1,68 @@
 """Shared argument parsing helpers (lengths with k suffixes, comma lists)."""
 from __future__ import annotations
 
+import sys
 from typing import List
 
 from tsa_bench.cli import UsageError
 
 
 def add_model_load_arguments(p) -> None:
-    """``--weights``, ``--device`` and ``--dtype`` of the commands that load a model
-    (``prefill``, ``profile-layers``, ``ruler``, ``niah``): one definition of their choices."""
+    """``--weights``, ``--device``, ``--dtype`` and ``--rope-scaling`` of the commands that load a
+    model (``prefill``, ``profile-layers``, ``ruler``, ``niah``): one definition of their choices."""
     p.add_argument("--weights", default="pretrained", choices=["pretrained", "random"],
                    help="load the checkpoint, or build the architecture with random weights (stated in every row)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="weights dtype (default bf16)")
+    p.add_argument("--rope-scaling", default=None, metavar="TYPE:FACTOR",
+                   help="RoPE scaling applied to the model's config before loading, to run past its trained "
+                        "context: yarn:F, linear:F or dynamic:F (e.g. yarn:4 turns SmolLM2's 8K into 32K)")
+
+
+def resolve_model_arg(args, lengths: List[int]) -> None:
+    """Fill ``args.model`` when it is omitted and check ``lengths`` against its trained context.
+
+    No ``--model``: SmolLM2-135M when every length is <= 8K, else Gemma-3-270M up to 32K (with
+    ``--rope-scaling TYPE:F`` the limits are F times longer). A length past the model's trained
+    context without ``--rope-scaling`` is a UsageError naming that flag (random weights have no
+    trained context and are not checked). Also validates ``--rope-scaling``. With ``--dry-run``
+    a model that cannot be resolved here (not installed, not cached) is noted, not an error.
+    """
+    from tsa_bench.hf.checkpoints import parse_rope_scaling, trained_context
+    from tsa_bench.hf.presets import ROPE_FLAG, default_model
+
+    try:
+        scaling = parse_rope_scaling(getattr(args, "rope_scaling", None))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    factor = scaling["factor"] if scaling else 1.0
+    if args.model is None:
+        try:
+            args.model = default_model(lengths, factor)
+        except ValueError as exc:
+            raise UsageError(f"MODEL is required: {exc}") from None
+        print(f"model: {args.model} (the default for {fmt_length(max(lengths))} tokens; --model to choose)",
+              file=sys.stderr)
+    if args.weights == "random":
+        return
+    try:
+        trained = trained_context(args.model, args.weights)
+    except ValueError as exc:
+        if not getattr(args, "dry_run", False):
+            raise UsageError(str(exc)) from None
+        print(f"note: the context of {args.model} was not checked: {exc}", file=sys.stderr)
+        return
+    longest = max(lengths)
+    if trained is None or longest <= trained * factor:
+        return
+    if scaling is None:
+        need = -(-longest // trained)
+        raise UsageError(f"{fmt_length(longest)} tokens is past {args.model}'s trained context of {fmt_length(trained)}: "
+                         f"add {ROPE_FLAG} yarn:{need} (or linear:{need}) to stretch its RoPE, or choose a "
+                         "longer-context --model")
+    raise UsageError(f"{fmt_length(longest)} tokens is past {args.model}'s {fmt_length(trained)} context even with "
+                     f"{ROPE_FLAG} {args.rope_scaling} (x{factor:g} = {fmt_length(int(trained * factor))}): "
+                     f"use a factor >= {-(-longest // trained)}")
 
 
 def parse_length(text: str) -> int:

@@ -40,7 +40,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tasks.ruler import sources, tasks as T, vocab
 
-GENERATOR_VERSION = "tsa-ruler-1"
+GENERATOR_VERSION = "tsa-ruler-2"   # 2: niah keys and values distinct, fillers never reuse them
 MODEL_TEMPLATES = ("base", "chat", "meta-llama3")
 _LLAMA3 = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{task}<|eot_id|>"
            "<|start_header_id|>assistant<|end_header_id|>\n\n")

@@ -170,14 +170,37 @@ def _insert_lines(lines: List[str], pieces: Sequence[str], rng: random.Random) -
     return depths
 
 
+def _other(kind: str, rng: random.Random, pool: str, avoid: set) -> str:
+    """A random key or value of ``kind`` that is not in ``avoid``, drawing again on a collision
+    (a sample without one consumes the RNG exactly as a single draw)."""
+    while True:
+        value = vocab.random_value(kind, rng, pool)
+        if value not in avoid:
+            return value
+
+
+def _fresh(kind: str, rng: random.Random, pool: str, taken: set) -> str:
+    """:func:`_other` that also adds the new value to ``taken``."""
+    value = _other(kind, rng, pool, taken)
+    taken.add(value)
+    return value
+
+
 def build_niah(spec: TaskSpec, res: Resources, rng: random.Random, size: int) -> Built:
+    """A niah sample. Every needle key is distinct and every needle value is distinct, and the
+    filler needles of the ``needle`` haystack never reuse a needle's key or value: the queried
+    keys occur in exactly ``num_v`` needle sentences each, and no distractor's value is an
+    answer. (RULER draws the fillers without that check; with a small word pool a filler can
+    then carry the queried key, and the sample has two right answers.)"""
     p = spec.params
     num_k = max(int(p["num_k"]), int(p["num_q"]))
     keys, values, needles = [], [], []
+    taken_keys: set = set()
+    taken_values: set = set()
     for _ in range(num_k):
-        key = vocab.random_value(p["type_k"], rng, res.word_pool)
+        key = _fresh(p["type_k"], rng, res.word_pool, taken_keys)
         keys.append(key)
-        vals = [vocab.random_value(p["type_v"], rng, res.word_pool) for _ in range(int(p["num_v"]))]
+        vals = [_fresh(p["type_v"], rng, res.word_pool, taken_values) for _ in range(int(p["num_v"]))]
         values.append(vals)
         needles.extend(NEEDLE.format(type_v=p["type_v"], key=key, value=v) for v in vals)
     rng.shuffle(needles)
@@ -198,9 +221,10 @@ def build_niah(spec: TaskSpec, res: Resources, rng: random.Random, size: int) ->
     else:
         if p["haystack"] == "noise":
             lines = [NOISE_LINE] * size
-        else:   # "needle": every filler line is a distractor needle
-            lines = [NEEDLE.format(type_v=p["type_v"], key=vocab.random_value(p["type_k"], rng, res.word_pool),
-                                   value=vocab.random_value(p["type_v"], rng, res.word_pool)) for _ in range(size)]
+        else:   # "needle": every filler line is a distractor needle (fillers may repeat each other)
+            lines = [NEEDLE.format(type_v=p["type_v"], key=_other(p["type_k"], rng, res.word_pool, taken_keys),
+                                   value=_other(p["type_v"], rng, res.word_pool, taken_values))
+                     for _ in range(size)]
         depth = tuple(_insert_lines(lines, needles, rng))
         context = "\n".join(lines)
     chosen = rng.sample(range(num_k), int(p["num_q"]))

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-from tsa_bench.args import fmt_length, parse_floats, parse_lengths
+from tsa_bench.args import fmt_length, parse_floats, parse_lengths, resolve_model_arg
+from tsa_bench import distributed as D
 from tsa_bench.cli import UsageError
 from tsa_bench.commands import ruler as R
 
@@ -70,9 +71,12 @@ def run(args) -> int:
     depths = parse_depths("10" if args.paper_grid else args.depths)
     if min(lengths) < 256:
         raise UsageError(f"--seq-lens must be >= 256 tokens, got {min(lengths)}")
-    if args.model is None:
-        raise UsageError("MODEL is required: tsa-bench niah --model <preset|path|HF id>; there is no embedded "
-                         "default model yet")
+    if "," in str(args.method):
+        raise UsageError(f"niah runs one --method at a time, got {args.method!r} (ruler takes a comma list)")
+    if D.world_from_env().distributed:
+        raise UsageError("niah runs in one process (its sweep is a few cells); launch it without torchrun, "
+                         "or shard `tsa-bench ruler --tasks niah_single_1,...` instead")
+    resolve_model_arg(args, lengths)          # default model (SmolLM2 <= 8K, Gemma-3-270M <= 32K), context check
     device = R.resolve_device(args.device)
     if args.dry_run:
         print(f"model {args.model} ({args.weights} weights), method {args.method}, tau {args.tau}, "
@@ -82,7 +86,9 @@ def run(args) -> int:
         return 0
     model, tok, template, gen = R.setup(args, device)
     cells = {(L, d): gen.samples(sweep_spec(d), L, 1)[0] for L in lengths for d in depths}
-    key_parts, identity, key = R.run_identity(args, gen, template)
+    engine = R.make_engine(args, model, lengths)
+    key_parts, identity, key = R.run_identity(args, gen, template, model=model,
+                                              engine="batched" if engine is not None else "hf-generate")
     key_parts["bench"] = "niah"
     key = R.run_key(key_parts)
     out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "results" / "niah"
@@ -92,6 +98,7 @@ def run(args) -> int:
         for L in lengths:
             timings[L] = R.evaluate_samples(model, tok, [cells[(L, d)] for d in depths], plog, device=device,
                                             progress=not args.no_progress, desc=f"niah {fmt_length(L)}",
+                                            engine=engine, stats_fn=R.tsa_stats_fn(model),
                                             warn=lambda m: print(m, file=sys.stderr))
     finally:
         plog.close()

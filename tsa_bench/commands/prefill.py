@@ -22,6 +22,8 @@ EPILOG = """examples:
   tsa-bench prefill --model tiny-llama --weights random --seq-lens 2k,4k --keep-ratio 0.675 \\
       --window 16 --min-keep 16 --runs 2                             # CPU smoke run
   tsa-bench prefill --model llama-3.1-8b --weights random --seq-lens 8k,128k --dry-run
+  tsa-bench prefill --model smollm2-135m --seq-lens 1k --dtype fp32 --device cpu --runs 1 --min-keep 256 --window 64
+  tsa-bench prefill --model gemma3-270m --seq-lens 32k --device cuda      # TSA in global layers 5, 11, 17
 
 Each (length, method) is timed as one forward of model(input_ids, logits_to_keep=1) (KV cache
 built, as when serving; --no-cache to skip it): warm-up runs, then --runs timed runs with CUDA
@@ -37,7 +39,7 @@ method's logits are finite; a failed gate exits 1 and no speedup is reported for
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="preset name, local path or Hugging Face id")
+    p.add_argument("--model", required=True, help="preset name, .gguf file or directory, local path or Hugging Face id")
     p.add_argument("--seq-lens", default="8k,128k", help="prompt lengths, e.g. 8k,128k (default)")
     p.add_argument("--methods", default="dense,tsa",
                    help="comma list of dense, tsa, <sparse backend>, <sparse backend>+tsa, or auto (default dense,tsa)")
@@ -130,6 +132,7 @@ def run(args) -> int:
     from tsa_core import TSAConfig
     from tsa_bench.hf import configure_tsa, last_stats, load_model, summarize_stats
     from tsa_bench.hf.attention import parse_method
+    from tsa_bench.hf.layers import check_full_attention, full_attention_layers
     from tsa_bench.hf.loading import model_config, num_decoder_layers, resolve_sparse_layers
     from tsa_bench.hf.presets import find_preset
     from tsa_bench.hf.prompts import prompt_ids
@@ -145,7 +148,7 @@ def run(args) -> int:
     for b in backends:
         for m in methods:
             parse_method(m, b)
-    config, preset = model_config(args.model, args.weights)
+    config, preset = model_config(args.model, args.weights, args.rope_scaling)
     text_cfg = config.get_text_config()
     n_layers = num_decoder_layers(config)
     tau = args.tau if args.tau is not None else (preset.tau if preset else TSAConfig.tau)
@@ -153,7 +156,9 @@ def run(args) -> int:
                         keep_ratio=args.keep_ratio)
     name = preset.name if preset else args.model
     layers, source = resolve_sparse_layers(args.sparse_layers, n_layers, tsa_config=tsa_cfg,
-                                           preset=find_preset(name), model_name=name, weights=args.weights)
+                                           preset=find_preset(name), model_name=name, weights=args.weights,
+                                           attention_layers=full_attention_layers(config))
+    check_full_attention(layers, config)
     max_pos = getattr(text_cfg, "max_position_embeddings", None)
     setup = {"model": args.model, "weights": args.weights, "seq_lens": lengths, "methods": methods,
              "dense_backends": backends, "tau": tau, "keep_ratio": args.keep_ratio,
@@ -161,12 +166,13 @@ def run(args) -> int:
              "sparse_layers": list(layers), "layer_source": source, "device": device, "dtype": args.dtype,
              "impl": args.impl, "batch": args.batch, "warmup": args.warmup, "runs": args.runs,
              "use_cache": not args.no_cache, "seed": args.seed, "prompt_file": args.prompt_file,
-             "time_budget_s": args.time_budget_s}
+             "time_budget_s": args.time_budget_s, "rope_scaling": args.rope_scaling}
     print(f"prefill: {args.model} ({config.model_type}, {n_layers} layers, {args.weights} weights) "
           f"{args.dtype} on {device}; lengths {','.join(fmt_length(n) for n in lengths)}; methods {methods}; "
           f"dense backends {backends}; TSA in {len(layers)} layers ({source})")
     if max_pos and max(lengths) > max_pos:
-        print(f"warning: {fmt_length(max(lengths))} exceeds the model's max_position_embeddings ({max_pos})")
+        print(f"warning: {fmt_length(max(lengths))} exceeds the model's max_position_embeddings ({max_pos}); "
+              "--rope-scaling TYPE:FACTOR stretches its RoPE")
     short = [n for n in lengths if tsa_cfg.runs_dense(n)]
     if short and any("tsa" in m for m in methods):
         print(f"note: at {','.join(fmt_length(n) for n in short)} tokens every TSA layer falls back to dense "
@@ -181,7 +187,8 @@ def run(args) -> int:
         return 0
 
     model, tok = load_model(args.model, method="dense", dense_backend=backends[0], weights=args.weights,
-                            dtype=args.dtype, device=device, seed=args.seed, impl=args.impl)
+                            dtype=args.dtype, device=device, seed=args.seed, impl=args.impl,
+                            rope_scaling=args.rope_scaling)
     t_start = time.perf_counter()
     writer = ResultWriter("prefill", setup, device=device, out_dir=args.out_dir)
     timer = _Timer(device)

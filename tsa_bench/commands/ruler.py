@@ -16,6 +16,7 @@ loop's wall time are both recorded, so every run reports its own overhead.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from tsa_bench.args import add_model_load_arguments, fmt_length, parse_lengths
+from tsa_bench import distributed as D
+from tsa_bench.args import add_model_load_arguments, fmt_length, parse_lengths, resolve_model_arg
 from tsa_bench.cli import UsageError
 
 NAME = "ruler"
@@ -53,14 +55,24 @@ project's generated prose / QA passages otherwise; every sample and row records 
 
 def add_model_arguments(p) -> None:
     """Model, method and output flags shared by ``ruler`` and ``niah``."""
-    p.add_argument("--model", default=None, help="preset name, local path or Hugging Face id (required)")
-    p.add_argument("--method", default="tsa", help="dense | tsa | <backend> | <backend>+tsa (default tsa)")
+    p.add_argument("--model", default=None,
+                   help="preset name, .gguf file or directory, local path or Hugging Face id (default: smollm2-135m "
+                        "when every length is <= 8k, else gemma3-270m up to 32k)")
+    p.add_argument("--method", default="tsa",
+                   help="dense | tsa | <backend> | <backend>+tsa, or a comma list run one after the other on the "
+                        "same samples with the model loaded once (default tsa)")
     p.add_argument("--tau", type=float, default=0.005, help="TSA token coverage (default 0.005)")
     add_model_load_arguments(p)
     p.add_argument("--dense-backend", default="sdpa", help="dense kernel from the registry (default sdpa)")
     p.add_argument("--sparse-layers", default=None, help="layers running TSA (default: preset / profile)")
     p.add_argument("--out-dir", default=None, help="CSV directory (default results/<command>)")
     p.add_argument("--predictions", default=None, help="predictions JSONL (default: derived from the config)")
+    p.add_argument("--engine", default="batched", choices=["batched", "hf-generate"],
+                   help="greedy decoding: batched = per-sample prefill, batched decode replayed as a CUDA graph "
+                        "(tsa_bench.engine; equals generate token for token up to bf16 near-ties); hf-generate = "
+                        "plain model.generate, one sample at a time (default batched)")
+    p.add_argument("--batch-size", default="auto",
+                   help="decode rows of the batched engine (default auto: up to 16, as GPU memory allows)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
 
@@ -141,8 +153,21 @@ def uses_tsa(method: str) -> bool:
     return m == "tsa" or m.endswith("+tsa")
 
 
+def prompt_sha(sample: dict) -> str:
+    """SHA-256 (hex) of the sample's prompt *text*, UTF-8: the templated input plus the answer
+    prefix, the string the runner tokenises. Text rather than token ids because hashing a 128K
+    prompt takes about a millisecond and tokenising it about a second; the tokenizer itself is
+    part of the run key."""
+    from tasks.ruler.generate import prompt_of
+    return hashlib.sha256(prompt_of(sample).encode("utf-8")).hexdigest()
+
+
 class PredictionLog:
-    """Append-only JSONL of scored samples; a torn last line (killed mid-write) is dropped."""
+    """Append-only JSONL of scored samples; a torn last line (killed mid-write) is dropped.
+
+    Each record carries the ``prompt_sha`` of the prompt it answered; :meth:`verify` refuses to
+    treat a record as "already scored" for a sample whose prompt is no longer that one.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -166,6 +191,19 @@ class PredictionLog:
         self._f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
         self._f.flush()
         self.done[rec["id"]] = rec
+
+    def verify(self, sample: dict, sha: str) -> None:
+        """Raise :class:`UsageError` if this file holds a prediction for ``sample`` that was made
+        for another prompt than the one hashing to ``sha`` (or that has no prompt hash)."""
+        rec = self.done.get(sample["id"])
+        if rec is None or rec.get("prompt_sha") == sha:
+            return
+        stored = rec.get("prompt_sha")
+        why = (f"it answered a prompt with sha256 {stored[:16]}..., the sample's prompt now hashes to "
+               f"{sha[:16]}..." if stored else "it has no prompt_sha (written by an older tsa-bench)")
+        raise UsageError(f"predictions file {self.path}: the stored prediction for {sample['id']} cannot be "
+                         f"resumed: {why}. The samples changed since the file was written; pass a new "
+                         f"--predictions path, or delete {self.path} to score them again")
 
     def close(self) -> None:
         if self._f is not None:
@@ -222,13 +260,26 @@ def greedy_generate(model, input_ids: List[int], max_new_tokens: int, device,
 
 
 def evaluate_samples(model, tokenizer, samples: Sequence[dict], log: PredictionLog, *, device="cpu",
-                     progress: bool = True, generate_fn: Optional[Callable] = None,
+                     progress: bool = True, generate_fn: Optional[Callable] = None, engine=None,
+                     stats_fn: Optional[Callable[[], dict]] = None,
                      desc: str = "ruler", warn: Callable[[str], None] = print) -> Timing:
-    """Run and score every sample not yet in ``log``; each is appended as soon as it is scored."""
+    """Run and score every sample not yet in ``log``; each is appended as soon as it is scored,
+    with the :func:`prompt_sha` of its prompt. Raises :class:`UsageError` before running anything
+    if a sample already in ``log`` was scored for a different prompt (:meth:`PredictionLog.verify`).
+
+    Decoding: ``engine`` (a :class:`tsa_bench.engine.BatchedGreedy`) runs the samples in chunks of
+    its batch size (each prompt prefilled alone, the chunk decoded together; the chunk is
+    appended when it is done); otherwise ``generate_fn(model, input_ids, max_new_tokens, device)
+    -> (new ids, seconds)`` decodes one prompt at a time (default :func:`greedy_generate`).
+    ``stats_fn()``, called right after each sample's prefill, returns what to record about it
+    (the TSA keep fraction and attention-map sparsity of its sparse layers)."""
     from tasks.ruler.generate import encode_prompt, prompt_of
     from tasks.ruler.scoring import score_sample
 
     gen = generate_fn or greedy_generate
+    shas = {s["id"]: prompt_sha(s) for s in samples}
+    for s in samples:
+        log.verify(s, shas[s["id"]])
     todo = [s for s in samples if s["id"] not in log.done]
     timing = Timing()
     if not todo:
@@ -240,43 +291,78 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], log: PredictionL
                    dynamic_ncols=True, file=sys.stderr)
     mismatches = 0
     lock = threading.Lock()      # fast tokenizers are not documented as safe for concurrent calls
+    size = engine.batch_size if engine is not None else 1
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
 
-    def encode(sample):
+    def encode(chunk):
         with lock:
-            return encode_prompt(tokenizer, prompt_of(sample))
+            return [encode_prompt(tokenizer, prompt_of(s)) for s in chunk]
+
+    def record(s, ids, new_ids, seconds, extra):
+        with lock:
+            pred = tokenizer.decode(new_ids, skip_special_tokens=True)
+        log.append({
+            "id": s["id"], "task": s["task"], "max_length": s["max_length"], "index": s["index"],
+            "pred": pred, "outputs": s["outputs"], "metric": s["metric"],
+            "score": score_sample(s["metric"], pred, s["outputs"]),
+            "input_tokens": len(ids), "new_tokens": len(new_ids), "model_s": round(seconds, 6),
+            "depth": s.get("depth"), "source": s.get("source"), "prompt_sha": shas[s["id"]], **extra,
+        })
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        nxt = pool.submit(encode, todo[0])
+        nxt = pool.submit(encode, chunks[0])
         t_loop = time.perf_counter()
-        for i, s in enumerate(todo):
-            ids = nxt.result()
-            if i + 1 < len(todo):
-                nxt = pool.submit(encode, todo[i + 1])
-            if len(ids) != s["length"]:
-                mismatches += 1
-                if mismatches == 1:
-                    warn(f"warning: {s['id']}: prompt has {len(ids)} tokens, the generator recorded "
-                         f"{s['length']} (different tokenizer or settings?)")
-            new_ids, dt = gen(model, ids, int(s["tokens_to_generate"]), device)
-            with lock:
-                pred = tokenizer.decode(new_ids, skip_special_tokens=True)
-            log.append({
-                "id": s["id"], "task": s["task"], "max_length": s["max_length"], "index": s["index"],
-                "pred": pred, "outputs": s["outputs"], "metric": s["metric"],
-                "score": score_sample(s["metric"], pred, s["outputs"]),
-                "input_tokens": len(ids), "new_tokens": len(new_ids), "model_s": round(dt, 6),
-                "depth": s.get("depth"), "source": s.get("source"),
-            })
-            timing.model_s += dt
-            timing.samples += 1
+        for c, chunk in enumerate(chunks):
+            prompts = nxt.result()
+            if c + 1 < len(chunks):
+                nxt = pool.submit(encode, chunks[c + 1])
+            for s, ids in zip(chunk, prompts):
+                if len(ids) != s["length"]:
+                    mismatches += 1
+                    if mismatches == 1:
+                        warn(f"warning: {s['id']}: prompt has {len(ids)} tokens, the generator recorded "
+                             f"{s['length']} (different tokenizer or settings?)")
+            if engine is not None:
+                stats: Dict[int, dict] = {}
+                engine.on_prefill = (lambda i: stats.__setitem__(i, stats_fn())) if stats_fn else None
+                outs = engine.generate(prompts, [int(s["tokens_to_generate"]) for s in chunk])
+                for i, (s, ids, g) in enumerate(zip(chunk, prompts, outs)):
+                    extra = {"prefill_s": round(g.prefill_s, 6), "decode_s": round(g.decode_s, 6),
+                             **stats.get(i, {})}
+                    record(s, ids, g.tokens, g.seconds, extra)
+                    timing.model_s += g.seconds
+            else:
+                s, ids = chunk[0], prompts[0]
+                new_ids, dt = gen(model, ids, int(s["tokens_to_generate"]), device)
+                record(s, ids, new_ids, dt, stats_fn() if stats_fn else {})
+                timing.model_s += dt
+            timing.samples += len(chunk)
             if bar is not None:
-                bar.update(1)
+                bar.update(len(chunk))
         timing.loop_s = time.perf_counter() - t_loop
     if bar is not None:
         bar.close()
     if mismatches:
         warn(f"warning: {mismatches} prompts differed in length from the generator's record")
     return timing
+
+
+def tsa_stats_fn(model):
+    """``stats_fn`` for :func:`evaluate_samples`: the last prefill's TSA statistics per sparse layer
+    (``{"tsa_layers": {layer: [keep fraction, attention-map sparsity]}}``, batch element 0),
+    or ``{}`` when the model's method runs no TSA."""
+    from tsa_bench.hf import last_stats, tsa_plan
+
+    layers = tsa_plan(model).sparse_layers
+
+    def fn() -> dict:
+        if not layers:
+            return {}
+        st = last_stats(model)
+        return {"tsa_layers": {str(i): [round(st[i].keep_fraction[0], 5), round(st[i].sparsity[0], 5)]
+                               for i in layers if i in st}}
+
+    return fn
 
 
 def _ci(values: List[float]) -> Tuple[float, float, float]:
@@ -329,6 +415,34 @@ def score_rows(records: Iterable[dict], tasks: Sequence[str], lengths: Sequence[
     return rows, df
 
 
+def tsa_rows(records: Iterable[dict], lengths: Sequence[int], identity: dict, extra: dict) -> List[dict]:
+    """Per length: the mean over samples of each sparse layer's keep fraction and attention-map
+    sparsity (``layer`` set), and their mean over the sparse layers (``layer`` empty)."""
+    from tsa_bench.results import row
+
+    rows = []
+    for L in lengths:
+        per_layer: Dict[int, List[Tuple[float, float]]] = {}
+        for r in records:
+            if int(r["max_length"]) == L:
+                for i, (keep, sparsity) in (r.get("tsa_layers") or {}).items():
+                    per_layer.setdefault(int(i), []).append((keep, sparsity))
+        if not per_layer:
+            continue
+        means = {}
+        for i, vals in sorted(per_layer.items()):
+            keep = sum(v[0] for v in vals) / len(vals)
+            sparsity = sum(v[1] for v in vals) / len(vals)
+            means[i] = (keep, sparsity)
+            for metric, value in (("keep_fraction", keep), ("attn_sparsity", sparsity)):
+                rows.append({**row(metric, round(value, 5), n=len(vals), task="all", seq_len=L, layer=i,
+                                   **identity), **extra})
+        for k, metric in enumerate(("keep_fraction", "attn_sparsity")):
+            value = sum(m[k] for m in means.values()) / len(means)
+            rows.append({**row(metric, round(value, 5), n=len(means), task="all", seq_len=L, **identity), **extra})
+    return rows
+
+
 def run_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -344,7 +458,7 @@ def _load_model(args, device):
     cfg = TSAConfig(tau=args.tau) if uses_tsa(args.method) else None
     return load_model(args.model, method=args.method, tsa_config=cfg, dense_backend=args.dense_backend,
                       weights=args.weights, dtype=args.dtype, device=device,
-                      sparse_layers=args.sparse_layers)
+                      sparse_layers=args.sparse_layers, rope_scaling=getattr(args, "rope_scaling", None))
 
 
 def _gen_config(args, template):
@@ -402,12 +516,63 @@ def setup(args, device: str, need_model: bool = True):
     return model, tok, template, gen
 
 
-def run_identity(args, gen, template: str) -> Tuple[dict, dict, str]:
-    """(key parts, identity columns, run key): everything that determines a prediction."""
-    key_parts = dict(model=args.model, weights=args.weights, method=args.method.lower(),
-                     tau=args.tau if uses_tsa(args.method) else None, dense_backend=args.dense_backend,
-                     sparse_layers=args.sparse_layers, dtype=args.dtype, tokenizer=gen.tok_id, template=template,
-                     seed=args.seed, data=gen.corpora.data_tag())
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".ckpt")
+
+
+def weights_fingerprint(model_arg, model=None) -> Optional[str]:
+    """What identifies the weights beyond their name: for each local path among ``model_arg``
+    and the loaded model's ``config._name_or_path`` (a weights file, or a folder whose
+    ``*.safetensors``/``*.bin``/``*.gguf``/``*.pt``/``*.pth``/``*.ckpt`` files and
+    ``config.json`` are taken), the resolved path, size and mtime of each file; and the hub
+    commit transformers records for a downloaded checkpoint. Hashed to 16 hex digits; ``None``
+    when there is neither (a preset name with random weights). Copying or touching the files
+    changes it (a fresh predictions file, never a wrong resume)."""
+    config = getattr(model, "config", None)
+    parts = []
+    commit = getattr(config, "_commit_hash", None)
+    if commit:
+        parts.append(f"commit:{commit}")
+    for cand in dict.fromkeys(str(c) for c in (model_arg, getattr(config, "_name_or_path", None)) if c):
+        path = Path(cand).expanduser()
+        if not path.exists():
+            continue
+        path = path.resolve()
+        files = [path] if path.is_file() else sorted(
+            f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name == "config.json"))
+        for f in files:
+            st = f.stat()
+            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16] if parts else None
+
+
+def run_identity(args, gen, template: str, model=None, engine: str = "hf-generate") -> Tuple[dict, dict, str]:
+    """(key parts, identity columns, run key): everything that determines a prediction.
+
+    Key parts: the generator version and every task's generation length (they fix prompts and
+    references; each stored prediction also carries its prompt's hash); the model (``--model``,
+    :func:`weights_fingerprint`, ``--weights``, ``--dtype``, ``--rope-scaling``); the flags
+    ``--method``, ``--tau``, ``--dense-backend``, ``--sparse-layers`` as given, and ``plan``,
+    what the loaded ``model`` actually runs (``model.config.tsa_settings``: method, prefill and
+    dense kernels, TSA tau, window, pool_kernel, min_keep, keep_ratio, the *resolved* sparse
+    layer set, per-layer overrides, op impl; ``None`` without a model); the tokenizer
+    fingerprint, template, seed and data sources; and ``engine``, what decodes
+    (``"hf-generate"``: :func:`greedy_generate`).
+    """
+    from tasks.ruler import generate as G
+    from tasks.ruler.tasks import TASKS
+
+    settings = getattr(getattr(model, "config", None), "tsa_settings", None)
+    # layer_source only says in words where the layer set came from: left out of the key
+    plan = None if settings is None else {k: v for k, v in settings.items() if k != "layer_source"}
+    key_parts = dict(generator=G.GENERATOR_VERSION,
+                     max_new_tokens=getattr(args, "max_new_tokens", None)
+                     or {t: spec.tokens_to_generate for t, spec in TASKS.items()},
+                     model=args.model, weights_id=weights_fingerprint(args.model, model), weights=args.weights,
+                     dtype=args.dtype, rope_scaling=getattr(args, "rope_scaling", None),
+                     method=args.method.lower(), tau=args.tau if uses_tsa(args.method) else None,
+                     dense_backend=args.dense_backend, sparse_layers=args.sparse_layers, plan=plan,
+                     tokenizer=gen.tok_id, template=template, seed=args.seed, data=gen.corpora.data_tag(),
+                     engine=engine)
     identity = dict(method=args.method.lower(), backend=args.dense_backend,
                     tau=args.tau if uses_tsa(args.method) else None, model=args.model, dtype=args.dtype,
                     weights=args.weights, stage="e2e", batch=1)
@@ -431,8 +596,12 @@ def timing_rows(timings: Dict[int, Timing], identity: dict, extra: dict) -> List
         if tm.samples:
             rows.append({**row("model_s_per_sample", round(tm.model_s / tm.samples, 6), n=tm.samples, task="all",
                                seq_len=L, **identity), **extra})
-            rows.append({**row("runner_overhead_pct", round(tm.overhead_pct, 3), n=tm.samples, task="all",
-                               seq_len=L, **identity), **extra})
+            if tm.loop_s > 0:
+                rows.append({**row("samples_per_s", round(tm.samples / tm.loop_s, 4), n=tm.samples, task="all",
+                                   seq_len=L, **identity), **extra})
+            if extra.get("ranks", 1) == 1:      # the loop and the model time of one process
+                rows.append({**row("runner_overhead_pct", round(tm.overhead_pct, 3), n=tm.samples, task="all",
+                                   seq_len=L, **identity), **extra})
     return rows
 
 
@@ -449,11 +618,13 @@ def write_results(bench: str, rows: List[dict], config: dict, device: str, out_d
     return writer.write()
 
 
-def print_timings(timings: Dict[int, Timing]) -> None:
+def print_timings(timings: Dict[int, Timing], ranks: int = 1) -> None:
     for L, tm in timings.items():
         if tm.samples:
+            rate = tm.samples / tm.loop_s if tm.loop_s > 0 else float("nan")
             print(f"{fmt_length(L)}: {tm.samples} samples run, {tm.model_s / tm.samples:.3f} s/sample in the model, "
-                  f"runner overhead {tm.overhead_pct:.2f}%")
+                  f"{rate:.2f} samples/s" + (f" over {ranks} ranks" if ranks > 1 else
+                                             f", runner overhead {tm.overhead_pct:.2f}%"))
 
 
 def run(args) -> int:
@@ -469,13 +640,16 @@ def run(args) -> int:
         raise UsageError(f"--seq-lens must be >= 256 tokens, got {min(lengths)}")
     if args.bench_generate:
         return _bench_generate(args, tasks, lengths)
-    if args.model is None and not (args.generate_only and args.tokenizer):
-        raise UsageError("MODEL is required: tsa-bench ruler --model <preset|path|HF id> (make ruler CTX=128k "
-                         "MODEL=meta-llama/Llama-3.1-8B-Instruct); there is no embedded default model yet")
+    if not (args.model is None and args.generate_only and args.tokenizer):
+        resolve_model_arg(args, lengths)      # default model (SmolLM2 <= 8K, Gemma-3-270M <= 32K), context check
     device = resolve_device(args.device)
+    from tsa_bench.hf.attention import parse_method
+    for m in methods_of(args):               # an unknown method fails before anything loads
+        parse_method(m, args.dense_backend)
     if args.dry_run:
         print(f"model {args.model} ({args.weights} weights), method {args.method}, tau {args.tau}, "
-              f"dense backend {args.dense_backend}, {args.dtype} on {device}")
+              f"dense backend {args.dense_backend}, {args.dtype} on {device}, engine {args.engine} "
+              f"(batch {args.batch_size})")
         print(f"tasks ({len(tasks)}): {', '.join(tasks)}")
         print(f"lengths: {', '.join(fmt_length(L) for L in lengths)}; {args.num_samples} samples each "
               f"-> {len(tasks) * len(lengths) * args.num_samples} samples")
@@ -483,39 +657,156 @@ def run(args) -> int:
               f"tokenizer {args.tokenizer or '(the model s)'}")
         return 0
 
-    model, tok, template, gen = setup(args, device, need_model=not args.generate_only)
-    gen.generate(tasks, lengths, args.num_samples, progress=not args.no_progress, keep=False)
+    world = D.world_from_env()
+    D.init(world)
+    device = D.device_for(world, device)
+    try:
+        return _run_loaded(args, tasks, lengths, device, world)
+    finally:
+        D.finish(world)
+
+
+def methods_of(args) -> List[str]:
+    """``--method`` as a list (a comma list runs each method on the same samples)."""
+    methods = [m.strip().lower() for m in str(args.method).split(",") if m.strip()]
+    if not methods:
+        raise UsageError("--method is empty")
+    return list(dict.fromkeys(methods))
+
+
+def _model_name(args) -> str:
+    """The name the model was configured under (its preset's, when it resolves to one)."""
+    try:
+        from tsa_bench.hf.checkpoints import resolve_source
+        src = resolve_source(args.model, args.weights)
+        return src.preset.name if src is not None and src.preset is not None else args.model
+    except (ImportError, ValueError):
+        return args.model
+
+
+def configure_method(model, args, method: str):
+    """Switch the loaded model to ``method`` (no reload); returns the plan."""
+    from tsa_bench.hf import configure_tsa
+    from tsa_core import TSAConfig
+    cfg = TSAConfig(tau=args.tau) if uses_tsa(method) else None
+    return configure_tsa(model, method=method, tsa_config=cfg, dense_backend=args.dense_backend,
+                         sparse_layers=args.sparse_layers if uses_tsa(method) else None,
+                         model_name=_model_name(args), weights=args.weights)
+
+
+def make_engine(args, model, lengths: Sequence[int]):
+    """The batched engine (``--engine batched``) sized for the longest length, else None."""
+    if getattr(args, "engine", "hf-generate") != "batched":
+        return None
+    from tsa_bench.engine import BatchedGreedy, auto_batch_size
+    try:
+        size = auto_batch_size(model, max(lengths) + 256, getattr(args, "batch_size", "auto"))
+    except ValueError as exc:
+        raise UsageError(f"--batch-size: {exc}") from None
+    return BatchedGreedy(model, batch_size=size)
+
+
+def _shared_log(args, out_dir: Path, key: str, world) -> PredictionLog:
+    """This rank's predictions log: the predictions file itself, or under a multi-rank launch
+    this rank's shard beside it, knowing every record the file and any shard already hold."""
+    plog = open_predictions(args, out_dir, key)
+    if not world.distributed:
+        return plog
+    main_path = plog.path
+    shard = PredictionLog(D.shard_path(main_path, world))
+    known = dict(plog.done)
+    for other in D.shard_files(main_path):
+        for i, rec in D.read_records(other).items():
+            known.setdefault(i, rec)
+    for i, rec in known.items():
+        shard.done.setdefault(i, rec)
+    shard.main_path = main_path
+    return shard
+
+
+def _run_loaded(args, tasks, lengths, device, world) -> int:
+    from tasks.ruler.tasks import TASKS
+    from tsa_bench.provenance import REPO_ROOT
+
+    methods = methods_of(args)
+    first = copy.copy(args)
+    first.method = methods[0]
+    if world.distributed and not world.is_main:
+        D.barrier(world)                    # rank 0 generates (and caches) the samples first
+    model, tok, template, gen = setup(first, device, need_model=not args.generate_only)
+    gen.generate(tasks, lengths, args.num_samples, progress=not args.no_progress and world.is_main, keep=False)
+    if world.distributed and world.is_main:
+        D.barrier(world)
     if args.generate_only:
         for L in lengths:
             for t in tasks:
                 print(gen.path(t, L))
         return 0
-
-    key_parts, identity, key = run_identity(args, gen, template)
+    engine = make_engine(args, model, lengths)
+    engine_name = "hf-generate" if engine is None else f"batched-b{engine.batch_size}"
     out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "results" / "ruler"
-    plog = open_predictions(args, out_dir, key)
-    timings: Dict[int, Timing] = {}
-    wanted = set()
-    try:
-        for L in lengths:                    # one length in memory at a time
-            samples = [s for t in tasks for s in gen.samples(t, L, args.num_samples)]
-            wanted.update(s["id"] for s in samples)
-            timings[L] = evaluate_samples(model, tok, samples, plog, device=device,
-                                          progress=not args.no_progress, desc=f"ruler {fmt_length(L)}",
-                                          warn=lambda m: print(m, file=sys.stderr))
-    finally:
-        plog.close()
-
-    records = [r for i, r in plog.done.items() if i in wanted]
-    extra = dict(template=template, predictions=str(plog.path))
-    rows, table = score_rows(records, tasks, lengths, identity, extra)
-    rows += timing_rows(timings, identity, extra)
-    config = {**key_parts, "tasks": tasks, "seq_lens": lengths, "n": args.num_samples, "run_key": key,
-              "data_sources": sorted({gen.corpora.source_of(TASKS[t]) for t in tasks})}
-    print()
-    print(f"RULER score (%), {args.model}, method {args.method}"
-          + (f", tau {args.tau}" if uses_tsa(args.method) else "") + f", template {template}, n={args.num_samples}")
-    print(table.to_string())
-    print_timings(timings)
-    print(write_results("ruler", rows, config, device, out_dir, key))
+    for method in methods:
+        margs = copy.copy(args)
+        margs.method = method
+        configure_method(model, margs, method)
+        key_parts, identity, key = run_identity(margs, gen, template, model=model,
+                                                engine="batched" if engine is not None else "hf-generate")
+        plog = _shared_log(margs, out_dir, key, world)
+        D.barrier(world)                    # every rank has read the files before any appends
+        timings: Dict[int, Timing] = {}
+        order: List[str] = []
+        stats_fn = tsa_stats_fn(model)
+        try:
+            for L in lengths:                # one length in memory at a time
+                samples = [s for t in tasks for s in gen.samples(t, L, args.num_samples)]
+                order.extend(s["id"] for s in samples)
+                for s in samples:            # a changed prompt is refused on every rank alike
+                    plog.verify(s, prompt_sha(s))
+                mine = D.take([s for s in samples if s["id"] not in plog.done], world)
+                timings[L] = evaluate_samples(model, tok, mine, plog, device=device,
+                                              progress=not args.no_progress, engine=engine, stats_fn=stats_fn,
+                                              desc=f"ruler {fmt_length(L)} {method}"
+                                              + (f" rank {world.rank}" if world.distributed else ""),
+                                              warn=lambda m: print(m, file=sys.stderr))
+        finally:
+            plog.close()
+        timings = _gather_timings(timings, world)
+        if not world.is_main:
+            continue
+        if world.distributed:
+            D.merge_shards(plog.main_path, order)
+            plog = PredictionLog(plog.main_path)
+        wanted = set(order)
+        records = [r for i, r in plog.done.items() if i in wanted]
+        extra = dict(template=template, predictions=str(plog.path), engine=engine_name, ranks=world.size)
+        rows, table = score_rows(records, tasks, lengths, identity, extra)
+        rows += tsa_rows(records, lengths, identity, extra)
+        rows += timing_rows(timings, identity, extra)
+        config = {**key_parts, "tasks": tasks, "seq_lens": lengths, "n": args.num_samples, "run_key": key,
+                  "engine_batch": None if engine is None else engine.batch_size, "ranks": world.size,
+                  "data_sources": sorted({gen.corpora.source_of(TASKS[t]) for t in tasks})}
+        print()
+        print(f"RULER score (%), {args.model}, method {method}"
+              + (f", tau {args.tau}" if uses_tsa(method) else "") + f", template {template}, n={args.num_samples}")
+        print(table.to_string())
+        print_timings(timings, world.size)
+        print(write_results("ruler", rows, config, device, out_dir, key))
     return 0
+
+
+def _gather_timings(timings: Dict[int, Timing], world) -> Dict[int, Timing]:
+    """Under a multi-rank launch: the ranks' timings added up (model time, samples), with the
+    loop time of the slowest rank (the wall time the run took)."""
+    if not world.distributed:
+        return timings
+    import torch.distributed as dist
+    gathered: List[Optional[Dict[int, Timing]]] = [None] * world.size
+    dist.all_gather_object(gathered, timings)
+    out: Dict[int, Timing] = {}
+    for part in gathered:
+        for L, tm in (part or {}).items():
+            acc = out.setdefault(L, Timing())
+            acc.model_s += tm.model_s
+            acc.samples += tm.samples
+            acc.loop_s = max(acc.loop_s, tm.loop_s)
+    return out

@@ -19,6 +19,10 @@ What runs where, per call:
 * **masked prefill in a TSA layer** (a padded batch, or a sliding window shorter than the
   prompt): refused with a ValueError. TSA scores tokens with the last ``W`` queries and its
   kernels are plain-causal, so padding would be scored and attended as if it were text.
+* **sliding-window layers of a hybrid model** (Gemma 3: ``sliding_window`` is passed, and the
+  mask is banded once the prompt is longer than the window): SDPA with their mask, as in the
+  plain model. ``configure_tsa`` refuses to select them (only full-attention layers run TSA);
+  a sliding layer selected by hand is refused here as soon as its mask is banded.
 
 The per-model configuration is a JSON-safe dict on ``model.config.tsa_settings`` (so two
 models with different settings coexist, and ``print(model.config)`` still works). The
@@ -171,7 +175,12 @@ def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
         return _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
     sparse = plan.is_sparse(layer_idx)
+    sliding = kwargs.get("sliding_window")
     if attention_mask is not None:
+        if sparse and sliding is not None and not cfg.runs_dense(q_len):
+            raise ValueError(
+                f"layer {layer_idx} is a sliding-window layer (window {sliding}, shorter than the {q_len}-token "
+                "prompt); TSA runs in full-attention layers only (see tsa_bench.hf.layers.full_attention_layers)")
         if sparse and not cfg.runs_dense(q_len):
             raise ValueError(
                 f"layer {layer_idx}: TSA prefill got an attention mask (a padded batch, or a sliding "
@@ -180,7 +189,9 @@ def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
                 "(generate() infers padding wherever input_ids equal pad_token_id: pass "
                 "attention_mask=torch.ones_like(input_ids) for an unpadded prompt).")
         out = _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        setattr(module, _STATS_ATTR, _dense_stats(query, window, "attention mask: dense SDPA"))
+        reason = "sliding-window layer: dense SDPA with its mask" if sliding is not None else \
+            "attention mask: dense SDPA"
+        setattr(module, _STATS_ATTR, _dense_stats(query, window, reason))
         return out
 
     if sparse:

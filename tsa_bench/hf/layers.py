@@ -4,7 +4,8 @@ Inter-layer representation drift (PAPER.md §1.4, Eq. 1-2) of decoder layer ``l`
 prompt is ``R_l = mean_t ||h_out[t] - h_in[t]||_2 / (||h_in[t]||_2 + eps)``, with ``h_in`` /
 ``h_out`` the hidden states entering / leaving the whole layer (attention + MLP). The layer's
 normalised rank is ``R^_l = (1/N) * #{k : R_k <= R_l}``; TSA runs in ``{l : R^_l <= delta}``
-(delta = 0.5: the half of the layers that change the residual stream least).
+(delta = 0.5: the half of the layers that change the residual stream least). In a hybrid model
+(:func:`full_attention_layers`) only the full-attention layers are ranked and chosen.
 """
 from __future__ import annotations
 
@@ -57,21 +58,68 @@ def parse_layer_spec(spec: str) -> List[int]:
     return out
 
 
-def second_half(num_layers: int) -> Tuple[int, ...]:
-    """The paper code's fallback for a model without a profile: ``range(N // 2, N)``."""
+def full_attention_layers(config) -> Optional[Tuple[int, ...]]:
+    """The full-attention layers of a hybrid model, or None when every layer is one.
+
+    transformers 5 lists each layer's kind in ``config.layer_types`` (``"full_attention"``,
+    ``"sliding_attention"``, ...). Gemma-3-270M: layers 5, 11, 17 are global, the other 15
+    attend to a 512-token sliding window. Only full-attention layers can run TSA: a sliding
+    layer's attention is already banded (and its mask is not plain causal).
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None)
+    if not types:
+        return None
+    full = tuple(i for i, t in enumerate(types) if t == "full_attention")
+    return None if len(full) == len(types) else full
+
+
+def check_full_attention(layers: Iterable[int], config, name: str = "sparse_layers") -> None:
+    """ValueError (prefixed with ``name``) naming the offending layers when ``layers`` holds a
+    layer that is not full-attention (a sliding-window layer of a hybrid model)."""
+    full = full_attention_layers(config)
+    if full is None:
+        return
+    bad = sorted(set(layers) - set(full))
+    if bad:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        kinds = sorted({text.layer_types[i] for i in bad})
+        window = getattr(text, "sliding_window", None)
+        raise ValueError(
+            f"{name}: layer{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} of this model "
+            f"use{'' if len(bad) > 1 else 's'} {'/'.join(kinds)}"
+            + (f" (a {window}-token window)" if window and "sliding_attention" in kinds else "")
+            + f"; TSA runs in full-attention layers only: {', '.join(map(str, full))}")
+
+
+def second_half(num_layers: int, attention_layers: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """The paper code's fallback for a model without a profile: ``range(N // 2, N)``; with
+    ``attention_layers`` (a hybrid model's full-attention layers) the second half of those."""
+    if attention_layers is not None:
+        full = tuple(sorted(attention_layers))
+        return full[len(full) // 2:]
     return tuple(range(num_layers // 2, num_layers))
 
 
-def select_by_drift(drift: Sequence[float], delta: float) -> Tuple[int, ...]:
-    """Layers whose normalised drift rank ``R^_l`` is ``<= delta`` (PAPER.md §1.4, Eq. 2)."""
+def select_by_drift(drift: Sequence[float], delta: float,
+                    candidates: Optional[Sequence[int]] = None) -> Tuple[int, ...]:
+    """Layers whose normalised drift rank ``R^_l`` is ``<= delta`` (PAPER.md §1.4, Eq. 2).
+
+    ``candidates`` (e.g. a hybrid model's full-attention layers) restricts the ranking to those
+    layers: ``R^_l = #{k in candidates : R_k <= R_l} / |candidates|``, and only they are returned.
+    """
     if not 0.0 < float(delta) <= 1.0:
         raise ValueError(f"delta must be in (0, 1], got {delta}")
     r = torch.as_tensor(list(drift), dtype=torch.float64)
     if r.numel() == 0 or not torch.isfinite(r).all():
         raise ValueError(f"drift must be a non-empty list of finite numbers, got {list(drift)}")
+    idx = list(range(r.numel())) if candidates is None else list(check_layers(candidates, r.numel(), "candidates"))
+    if not idx:
+        raise ValueError("candidates must name at least one layer")
+    r = r[idx]
     n = r.numel()
     rank = (r.view(1, n) <= r.view(n, 1)).sum(dim=1).double() / n     # rank[l] = #{k: R_k <= R_l} / N
-    return tuple(int(i) for i in torch.nonzero(rank <= delta + 1e-12).flatten().tolist())
+    return tuple(idx[j] for j in torch.nonzero(rank <= delta + 1e-12).flatten().tolist())
 
 
 def _decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:

@@ -1,17 +1,18 @@
 """Load a causal LM with the ``"tsa"`` attention and configure which layers sparsify.
 
-``model`` may be a preset name (``llama-3.1-8b``, see ``tsa_bench/presets/``), a local
-directory with a ``config.json`` (and weights), or a Hugging Face id. ``weights="random"``
-builds the architecture from its config with random weights directly on ``device`` in
-``dtype`` (no checkpoint needed; attention is then near uniform, so benchmark speed with a
-forced ``keep_ratio``). ``weights="pretrained"`` loads the checkpoint.
+``model`` may be a preset name (``smollm2-135m``, ``gemma3-270m``, ``llama-3.1-8b``, see
+``tsa_bench/presets/``), a local ``.gguf`` file or a directory holding one, a local directory
+with a ``config.json`` (and weights), or a Hugging Face id (resolution and its errors:
+:mod:`tsa_bench.hf.checkpoints`). ``weights="random"`` builds the architecture from its config
+with random weights directly on ``device`` in ``dtype`` (no checkpoint needed; attention is
+then near uniform, so benchmark speed with a forced ``keep_ratio``). ``weights="pretrained"``
+loads the checkpoint (a GGUF is dequantised to ``dtype``).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import os
-from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple, Union
 
 import torch
@@ -19,8 +20,10 @@ import torch
 from tsa_core import TSAConfig
 from tsa_bench.hf.attention import (ATTN_NAME, SETTINGS_ATTR, TSAPlan, clear_stats, parse_method,
                                     register_tsa_attention)
-from tsa_bench.hf.layers import (check_layers, find_profile, load_profile, parse_layer_spec,
-                                 second_half)
+from tsa_bench.hf.checkpoints import (apply_rope_scaling, config_context, pretrained_model, resolve_source,
+                                      source_config, source_tokenizer)
+from tsa_bench.hf.layers import (check_full_attention, check_layers, find_profile, full_attention_layers,
+                                 load_profile, parse_layer_spec, second_half)
 from tsa_bench.hf.presets import Preset, find_preset
 
 log = logging.getLogger("tsa_bench.hf")
@@ -41,19 +44,28 @@ def resolve_dtype(dtype) -> torch.dtype:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}") from None
 
 
-def model_config(model, weights: str = "pretrained"):
-    """``(transformers config, preset or None)`` for a preset name, local path or HF id."""
-    from transformers import AutoConfig, PretrainedConfig
+def model_config(model, weights: str = "pretrained", rope_scaling=None):
+    """``(transformers config, preset or None)`` for a preset name, ``.gguf`` file or directory,
+    checkpoint directory or HF id, with ``rope_scaling`` (e.g. ``"yarn:4"``, see
+    :func:`~tsa_bench.hf.checkpoints.apply_rope_scaling`) applied."""
+    config, src = _config_and_source(model, weights, rope_scaling)
+    return config, None if src is None else src.preset
+
+
+def _config_and_source(model, weights: str, rope_scaling):
+    from transformers import PretrainedConfig
 
     if isinstance(model, PretrainedConfig):
-        return copy.deepcopy(model), None
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"model must be a preset name, a local path or a Hugging Face id, got {model!r}")
-    preset = find_preset(model)
-    if preset is not None and not os.path.isdir(model) and (weights == "random" or preset.hf_id is None):
-        d = dict(preset.config)
-        return AutoConfig.for_model(d.pop("model_type"), **d), preset
-    return AutoConfig.from_pretrained(model), preset
+        config, src = copy.deepcopy(model), None
+    else:
+        src = resolve_source(model, weights)
+        config = source_config(src)
+    if rope_scaling is not None:
+        trained = src.preset.trained_context if src is not None and src.preset is not None else None
+        if trained is None and src is not None and src.header is not None:
+            trained = src.header.context_length
+        apply_rope_scaling(config, rope_scaling, trained or config_context(config))
+    return config, src
 
 
 def num_decoder_layers(config) -> int:
@@ -66,17 +78,27 @@ def num_decoder_layers(config) -> int:
 
 def resolve_sparse_layers(spec: LayerSpec, num_layers: int, *, tsa_config: Optional[TSAConfig] = None,
                           preset: Optional[Preset] = None, model_name: Optional[str] = None,
-                          weights: str = "pretrained") -> Tuple[Tuple[int, ...], str]:
+                          weights: str = "pretrained",
+                          attention_layers: Optional[Tuple[int, ...]] = None) -> Tuple[Tuple[int, ...], str]:
     """Which layers run TSA, and a sentence saying where the list came from.
 
     Precedence: ``spec`` (indices, ``"15-30"``, ``"half"``, ``"preset"`` or a profile JSON
     path) > ``tsa_config.sparse_layers`` > the preset's paper list > a saved profile of the
     model measured with pretrained weights (``results/layers/``) > the second half of the
     layers (the paper code's fallback; logged as a warning).
+
+    ``attention_layers``: a hybrid model's full-attention layers
+    (:func:`~tsa_bench.hf.layers.full_attention_layers`). Then ``"half"`` is the second half of
+    those, and the fallback is all of them: the paper halves a model whose every layer is
+    quadratic, while here only these few are (Gemma-3-270M: 3 of 18), so each is worth
+    sparsifying. Lists from other sources are checked against them by :func:`configure_tsa`.
     """
     if isinstance(spec, str):
         s = spec.strip()
         if s.lower() in ("half", "second-half"):
+            if attention_layers is not None:
+                return (second_half(num_layers, attention_layers),
+                        f"second half of the {len(attention_layers)} full-attention layers (asked for)")
             return second_half(num_layers), f"second half of the {num_layers} layers (asked for)"
         if s.lower() in ("preset", "paper"):
             if preset is None or preset.sparse_layers is None:
@@ -102,6 +124,11 @@ def resolve_sparse_layers(spec: LayerSpec, num_layers: int, *, tsa_config: Optio
         path = find_profile(model_name)
         if path is not None:
             return check_layers(load_profile(path)["sparse_layers"], num_layers), f"profile {path}"
+    if attention_layers is not None:
+        layers = tuple(sorted(attention_layers))
+        log.info("no layer profile for %s: TSA runs in all %d full-attention layers (%s) of this hybrid model",
+                 model_name or "this model", len(layers), ", ".join(map(str, layers)))
+        return layers, f"fallback: all {len(layers)} full-attention layers of a hybrid model (no profile)"
     layers = second_half(num_layers)
     log.warning("no layer profile for %s: TSA runs in the second half of its %d layers (%d-%d), the "
                 "paper code's fallback; run `tsa-bench profile-layers --model %s` to choose by drift",
@@ -143,10 +170,12 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
     config = model.config
     n_layers = num_decoder_layers(config)
     preset = find_preset(model_name) if model_name else None
+    full = full_attention_layers(config)
     if uses_tsa:
         cfg = tsa_config or TSAConfig(tau=preset.tau if preset else TSAConfig.tau)
         layers, source = resolve_sparse_layers(sparse_layers, n_layers, tsa_config=cfg, preset=preset,
-                                               model_name=model_name, weights=weights)
+                                               model_name=model_name, weights=weights, attention_layers=full)
+        check_full_attention(layers, config)
         tsa = TSAConfig(tau=cfg.tau, window=cfg.window, pool_kernel=cfg.pool_kernel, min_keep=cfg.min_keep,
                         keep_ratio=cfg.keep_ratio, sparse_layers=layers)
         overrides = []
@@ -161,7 +190,8 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
             raise ValueError(f"layer_configs given but method {canon!r} runs no TSA")
         overrides = []
         if sparse_layers is not None:                      # validated even though unused
-            resolve_sparse_layers(sparse_layers, n_layers, preset=preset, model_name=model_name)
+            check_full_attention(resolve_sparse_layers(sparse_layers, n_layers, preset=preset, model_name=model_name,
+                                                       attention_layers=full)[0], config)
         tsa, layers, source = None, (), f"method {canon!r} runs no TSA"
     plan = TSAPlan(method=canon, prefill_backend=prefill_backend, dense_backend=dense_backend, tsa=tsa,
                    sparse_layers=layers, impl=impl, layer_source=source, layer_tsa=tuple(overrides))
@@ -181,27 +211,33 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
 def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] = None,
                dense_backend: str = "sdpa", weights: str = "pretrained", dtype=torch.bfloat16,
                device="cpu", sparse_layers: LayerSpec = None, impl: str = "auto", seed: int = 0,
-               tokenizer: Optional[bool] = None, layer_configs: Optional[Dict[int, TSAConfig]] = None):
+               tokenizer: Optional[bool] = None, layer_configs: Optional[Dict[int, TSAConfig]] = None,
+               rope_scaling=None):
     """Build or load a causal LM running the ``"tsa"`` attention.
 
     Args:
-        model: preset name, local path, Hugging Face id (or a transformers config object).
+        model: preset name, ``.gguf`` file or a directory holding one, checkpoint directory,
+            Hugging Face id (or a transformers config object).
         method: ``"dense"``, ``"tsa"``, ``"<backend>"`` or ``"<backend>+tsa"`` (registry names).
         tsa_config: TSA hyper-parameters (default: paper defaults, the preset's tau).
         dense_backend: registry dense kernel used for prefill by ``"dense"`` and ``"tsa"``.
         weights: ``"pretrained"`` (load the checkpoint) or ``"random"`` (build from config).
         dtype, device: where the weights live; random weights are created there directly.
-        sparse_layers: see :func:`resolve_sparse_layers`.
+        sparse_layers: see :func:`resolve_sparse_layers`; in a hybrid model (Gemma 3) only
+            full-attention layers may be listed.
         impl: TSA ops, ``"auto"``, ``"triton"`` or ``"naive"``.
         seed: random-weight seed (the global RNG is left untouched).
         tokenizer: load the tokenizer (default: when loading pretrained weights).
         layer_configs: per-layer :class:`TSAConfig` overrides (see :func:`configure_tsa`).
+        rope_scaling: ``"yarn:4"``, ``"linear:2"``, ``"dynamic:2"`` or None: RoPE scaling set on
+            the config before the model is built (see
+            :func:`~tsa_bench.hf.checkpoints.apply_rope_scaling`).
 
     Returns:
         ``(model, tokenizer or None)``; the model is in eval mode, its plan readable from
         ``model.config.tsa_settings``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     if weights not in WEIGHTS:
@@ -210,8 +246,10 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
     device = torch.device(device)
     register_tsa_attention()
     parse_method(method, dense_backend)                      # fail before any loading
-    config, preset = model_config(model, weights)
-    name = model if isinstance(model, str) else getattr(config, "name_or_path", "") or config.model_type
+    config, src = _config_and_source(model, weights, rope_scaling)
+    preset = None if src is None else src.preset
+    name = (preset.name if preset is not None else model) if isinstance(model, str) \
+        else getattr(config, "name_or_path", "") or config.model_type
     cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     if cls is None:
         raise ValueError(f"model type {config.model_type!r} has no causal-LM class in transformers")
@@ -225,27 +263,22 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
         if stray:                         # a tensor created with an explicit device: move it
             lm.to(device)
     else:
-        source = preset.hf_id if (preset is not None and preset.hf_id and not os.path.isdir(str(model))) else model
         kw = {} if device.type == "cpu" else {"device_map": str(device)}
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=ATTN_NAME, **kw)
+        lm = pretrained_model(src, config, dtype=dtype, attn_implementation=ATTN_NAME, **kw)
     lm.eval()
     configure_tsa(lm, method=method, tsa_config=tsa_config, dense_backend=dense_backend,
                   sparse_layers=sparse_layers, impl=impl, model_name=name, weights=weights,
                   layer_configs=layer_configs)
-    tok = None
     want_tok = (weights == "pretrained") if tokenizer is None else tokenizer
-    if want_tok and isinstance(model, str):
-        source = preset.hf_id if (preset is not None and preset.hf_id and not os.path.isdir(model)) else model
-        local_without = os.path.isdir(source) and not any(
-            (Path(source) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
-        if local_without:
-            log.info("%s has no tokenizer files; returning None", source)
-            return lm, None
+    if not want_tok or src is None:
+        return lm, None
+    if src.kind == "config":              # random weights of a preset: its checkpoint's tokenizer, if any
         try:
-            tok = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            log.warning("no tokenizer for %s (%s); returning None", source, exc)
-    return lm, tok
+            src = resolve_source(model, "pretrained")
+        except ValueError as exc:
+            log.info("no tokenizer for %s (%s); returning None", model, exc)
+            return lm, None
+    return lm, source_tokenizer(src)
 
 
 def _canonical(device: torch.device) -> torch.device:

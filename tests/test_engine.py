@@ -1,0 +1,115 @@
+"""The batched greedy engine equals plain ``model.generate`` token for token (CPU, fp32)."""
+import pytest
+import torch
+
+from tsa_bench.commands.ruler import greedy_generate
+from tsa_bench.engine import BatchedGreedy, make_generate_fn
+from tsa_bench.hf import last_stats, load_model
+from tsa_core import TSAConfig
+
+LENGTHS = (37, 80, 55, 12, 64, 101, 23)
+MAX_NEW = (20, 9, 30, 5, 17, 11, 1)
+
+
+def _prompts(vocab, seed=0, lengths=LENGTHS, low=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(low, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def _reference(model, prompts, max_new):
+    return [greedy_generate(model, p, k, "cpu")[0] for p, k in zip(prompts, max_new)]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model, _ = load_model("tiny-llama", weights="random", dtype="fp32", device="cpu", method="dense", seed=3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    from transformers import Gemma3TextConfig
+    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=16,
+                           layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                        "sliding_attention"],
+                           max_position_embeddings=512, query_pre_attn_scalar=16)
+    model, _ = load_model(cfg, weights="random", dtype="fp32", device="cpu", method="dense", seed=5)
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16], ids=["b1", "b3", "b16-more-rows-than-samples"])
+def test_llama_equals_generate(llama, batch):
+    prompts = _prompts(llama.config.vocab_size)
+    ref = _reference(llama, prompts, MAX_NEW)
+    out = BatchedGreedy(llama, batch_size=batch, check_every=4, eos_ids=[]).generate(prompts, MAX_NEW)
+    assert [o.tokens for o in out] == ref
+    assert [len(o.tokens) for o in out] == list(MAX_NEW)
+
+
+def test_eos_stops_each_row_like_generate(llama):
+    prompts = _prompts(llama.config.vocab_size, seed=1)
+    free = _reference(llama, prompts, [12] * len(prompts))
+    eos = free[0][4]                      # a token row 0 produces at step 4: it must stop there
+    llama.generation_config.eos_token_id = eos
+    try:
+        ref = _reference(llama, prompts, [12] * len(prompts))
+        out = BatchedGreedy(llama, batch_size=4, check_every=3).generate(prompts, [12] * len(prompts))
+    finally:
+        llama.generation_config.eos_token_id = None
+    assert ref[0][-1] == eos and len(ref[0]) <= 5
+    assert [o.tokens for o in out] == ref
+
+
+def test_hybrid_sliding_window_equals_generate(gemma):
+    """Gemma-3-style layers: sliding-window (16) layers decode with the window mask, prompts longer
+    than the window; a mask that ignored the window would change the tokens."""
+    prompts = _prompts(300, seed=2)
+    ref = _reference(gemma, prompts, MAX_NEW)
+    out = BatchedGreedy(gemma, batch_size=3, check_every=5, eos_ids=[]).generate(prompts, MAX_NEW)
+    assert [o.tokens for o in out] == ref
+
+
+def test_tsa_prefill_per_sample(llama):
+    """With TSA the prefill is the same one-sequence forward as generate's: equal tokens, and the
+    model's last_stats after each prefill are that sample's (its own length, tokens dropped)."""
+    from tsa_bench.hf import configure_tsa
+    cfg = TSAConfig(tau=0.3, window=8, min_keep=8)
+    configure_tsa(llama, method="tsa", tsa_config=cfg, sparse_layers=[1, 3])
+    try:
+        prompts = _prompts(llama.config.vocab_size, seed=4, lengths=(90, 70, 120))
+        ref = _reference(llama, prompts, [6, 6, 6])
+        seen = {}
+        eng = BatchedGreedy(llama, batch_size=2, eos_ids=[],
+                            on_prefill=lambda i: seen.setdefault(i, last_stats(llama)[1]))
+        out = eng.generate(prompts, [6, 6, 6])
+    finally:
+        configure_tsa(llama, method="dense")
+    assert [o.tokens for o in out] == ref
+    assert sorted(seen) == [0, 1, 2]
+    assert [s.seq_len for s in (seen[0], seen[1], seen[2])] == [90, 70, 120]
+    assert all(not s.dense and min(s.kept) < s.seq_len for s in seen.values())
+
+
+def test_generate_fn_adapter(llama):
+    prompts = _prompts(llama.config.vocab_size, seed=6, lengths=(40,))
+    fn = make_generate_fn(BatchedGreedy(llama, batch_size=2, eos_ids=[]))
+    toks, secs = fn(llama, prompts[0], 7, "cpu")
+    assert toks == _reference(llama, prompts, [7])[0] and secs > 0
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(batch_size=0), "batch_size"), (dict(check_every=0), "check_every")],
+                         ids=["batch", "check"])
+def test_bad_settings(llama, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        BatchedGreedy(llama, **kw)
+
+
+def test_bad_inputs(llama):
+    eng = BatchedGreedy(llama, batch_size=2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        eng.generate([[1, 2, 3]], [0])
+    with pytest.raises(ValueError, match="empty prompt"):
+        eng.generate([[]], [3])
+    with pytest.raises(ValueError, match="differ in length"):
+        eng.generate([[1, 2]], [3, 4])

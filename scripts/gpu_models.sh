@@ -44,12 +44,16 @@ for part in "$@"; do
               --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n ${GEMMA_N:-20} --template base \
               --engine batched --data generated --words builtin --no-progress --out-dir "$OUT/ruler" \
               2>&1 | tee "$OUT/$part.log" | tail -16 ;;
-    ruler-1gpu) CUDA_VISIBLE_DEVICES=0 timeout 250 python3 -m tsa_bench ruler --model $SMOL --method dense --seq-lens $CTX \
-              -n $N --engine batched --data generated --words builtin --no-progress --out-dir "$OUT/one" \
-              2>&1 | tee "$OUT/$part.log" | tail -20 ;;
-    ruler-2gpu) timeout 250 torchrun --standalone --nproc_per_node 2 -m tsa_bench ruler --model $SMOL --method dense \
-              --seq-lens $CTX -n $N --engine batched --data generated --words builtin --no-progress --out-dir "$OUT/two" \
-              2>&1 | tee "$OUT/$part.log" | tail -20 ;;
+    ruler-1gpu) CUDA_VISIBLE_DEVICES=0 timeout 420 python3 -m tsa_bench ruler --model $SMOL --method ${METHODS:-dense,tsa} \
+              --seq-lens $CTX -n $N --engine batched --data generated --words builtin --no-progress \
+              --out-dir /tmp/runs/one 2>&1 | tee "$OUT/$part.log" | grep -v Convert | tail -40
+           mkdir -p "$OUT/one" && cp -r /tmp/runs/one/* "$OUT/one/" ;;
+    ruler-2gpu) timeout 300 torchrun --standalone --nproc_per_node 2 -m tsa_bench ruler --model $SMOL --method dense \
+              --seq-lens $CTX -n $N --engine batched --data generated --words builtin --no-progress \
+              --out-dir /tmp/runs/two 2>&1 | tee "$OUT/$part.log" | grep -v Convert | tail -20
+           mkdir -p "$OUT/two" && cp -r /tmp/runs/two/* "$OUT/two/"
+           python3 scripts/compare_runs.py /tmp/runs/one/preds/*-dense-*.jsonl /tmp/runs/two/preds/*-dense-*.jsonl \
+              $(ls -t /tmp/runs/one/*.csv | tail -1) $(ls /tmp/runs/two/*.csv) 2>&1 | tee "$OUT/compare.log" ;;
     tests) timeout 200 python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/$part.log" | tail -8 ;;
     *) echo "unknown part $part" ;;
   esac

@@ -90,8 +90,11 @@ def test_presets_hold_real_shapes_and_valid_layer_lists():
     ps = presets()
     for name in ("llama-3.1-8b", "mistral-nemo-12b", "qwen2.5-7b", "qwen3-8b"):
         assert name in ps
-        cfg = AutoConfig.for_model(**{"model_type": ps[name].config["model_type"]})
-        assert cfg is not None
+        cfg = AutoConfig.for_model(**ps[name].config)          # the preset builds its own config class
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        assert type(cfg).__name__ == ps[name].config["architectures"][0].replace("ForCausalLM", "Config")
+        assert (cfg.num_hidden_layers, head_dim) == (ps[name].num_layers, 128)
+        assert cfg.num_attention_heads % cfg.num_key_value_heads == 0
         if ps[name].sparse_layers is not None:
             assert all(0 <= i < ps[name].num_layers for i in ps[name].sparse_layers)
     assert ps["llama-3.1-8b"].sparse_layers == tuple(range(15, 31))

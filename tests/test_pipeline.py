@@ -140,3 +140,19 @@ def test_triton_impl_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         tsa_attention(q, k, v, CFG, "math", impl="triton")
+
+
+def test_selection_graphs_switch_nests_and_restores(monkeypatch):
+    from tsa_core.pipeline import cuda_graphs_enabled, selection_graphs
+    monkeypatch.delenv("TSA_CUDA_GRAPHS", raising=False)
+    assert cuda_graphs_enabled()
+    with selection_graphs(False):
+        assert not cuda_graphs_enabled()
+        with selection_graphs(True):
+            assert cuda_graphs_enabled()
+        assert not cuda_graphs_enabled()
+    assert cuda_graphs_enabled()
+    monkeypatch.setenv("TSA_CUDA_GRAPHS", "0")
+    assert not cuda_graphs_enabled()
+    with selection_graphs(True):            # the explicit switch wins over the environment
+        assert cuda_graphs_enabled()

@@ -351,6 +351,10 @@ class _DecodeState:
             self.graph = None                               # the graph writes into ``out``
 
     def _capture(self) -> None:
+        with torch.cuda.device(self.engine.device):        # the capture stream is the current device's
+            self._capture_on_device()
+
+    def _capture_on_device(self) -> None:
         s = torch.cuda.Stream(self.engine.device)
         s.wait_stream(torch.cuda.current_stream(self.engine.device))
         saved = (self.cache.pos.clone(), self.step_i.clone(), self.tok.clone())

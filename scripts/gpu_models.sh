@@ -44,7 +44,7 @@ for part in "$@"; do
               --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n ${GEMMA_N:-20} --template base \
               --engine batched --data generated --words builtin --no-progress --out-dir "$OUT/ruler" \
               2>&1 | tee "$OUT/$part.log" | tail -16 ;;
-    ruler-1gpu) CUDA_VISIBLE_DEVICES=0 timeout 420 python3 -m tsa_bench ruler --model $SMOL --method ${METHODS:-dense,tsa} \
+    ruler-1gpu) CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m tsa_bench ruler --model $SMOL --method ${METHODS:-dense,tsa} \
               --seq-lens $CTX -n $N --engine batched --data generated --words builtin --no-progress \
               --out-dir /tmp/runs/one 2>&1 | tee "$OUT/$part.log" | grep -v Convert | tail -40
            mkdir -p "$OUT/one" && cp -r /tmp/runs/one/* "$OUT/one/" ;;

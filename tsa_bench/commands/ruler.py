@@ -670,6 +670,13 @@ def run(args) -> int:
     if device.startswith("cuda:"):
         import torch
         torch.cuda.set_device(torch.device(device))    # streams, graphs and NCCL-free gloo stay per rank
+    if device.startswith("cuda") and args.dense_backend == "sdpa":
+        # torch's own choice would be cuDNN attention, which builds an execution plan for every new
+        # shape (each prompt length, and under TSA each layer's kept length: tens of ms each) and
+        # may pick a different plan from run to run (so greedy bf16 near-ties move). The flash and
+        # memory-efficient kernels need no plan and are deterministic in the forward pass.
+        import torch
+        torch.backends.cuda.enable_cudnn_sdp(False)
     from tsa_core.pipeline import selection_graphs
     try:
         with selection_graphs(False):    # every prompt has its own length: no per-length captures

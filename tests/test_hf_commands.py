@@ -69,6 +69,25 @@ def test_prefill_writes_tidy_rows(tmp_path, capsys):
     assert set(df[df.metric == "ttft_mean_s"].method) == {"dense", "tsa"}
 
 
+def test_prefill_a_method_that_crashes_fails_the_run(tmp_path, capsys, monkeypatch):
+    """A method that raises (not an out-of-memory) writes a 'failed' row and exits 1."""
+    import tsa_bench.commands.prefill as P
+    real = P._time_one
+    calls = []
+
+    def crash_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected kernel failure")
+        return real(*a, **k)
+    monkeypatch.setattr(P, "_time_one", crash_second)
+    rc = main(["prefill", *TINY, *SMALL_TSA, "--seq-lens", "256", "--keep-ratio", "0.5", "--runs", "1",
+               "--warmup", "0", "--out-dir", str(tmp_path)])
+    assert rc == 1
+    df = pd.read_csv(_last_line(capsys))
+    assert df[df.metric == "failed"].checked.tolist() == [False]
+
+
 def test_prefill_reports_short_prompt_fallback(tmp_path, capsys):
     rc = main(["prefill", *TINY, *SMALL_TSA, "--seq-lens", "32", "--runs", "1", "--warmup", "0",
                "--no-check", "--out-dir", str(tmp_path)])

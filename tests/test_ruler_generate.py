@@ -2,14 +2,15 @@
 import collections
 import hashlib
 import json
-import os
+import math
 import random
 import re
 
 import pytest
 
 from tasks.ruler import tasks as T
-from tasks.ruler.generate import Generator, GenConfig, count_tokens, encode_prompt, prompt_of
+from tasks.ruler.generate import (GENERATOR_VERSION, Corpora, Generator, GenConfig, count_tokens, encode_prompt,
+                                  prompt_of)
 from tasks.ruler.toy_tokenizer import build_tokenizer
 
 GEN = GenConfig(data="generated", words="builtin")
@@ -336,35 +337,6 @@ def test_templates_match_lm_eval_port_strings():
             assert piece in src, (fname, piece[:40])
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TSA_BENCH_SLOW_TESTS"),
-                    reason="about a minute of CPU: set TSA_BENCH_SLOW_TESTS=1 to run")
-def test_niah_structure_matches_lm_eval_port(tok, generated, monkeypatch):
-    """Cross-check with lm-eval's RULER port (noise haystack; no network, no nltk data).
-    Slow (about a minute): importing the port builds its 6M-entry word list."""
-    nltk = pytest.importorskip("nltk")
-    pytest.importorskip("wonderwords")
-    monkeypatch.setattr(nltk.data, "find", lambda *a, **k: "stub")          # skip its punkt download
-    prep = pytest.importorskip("lm_eval.tasks.ruler.prepare_niah")
-    from lm_eval.tasks.ruler.niah_utils import TEMPLATE
-    theirs = prep.generate_samples(prep.get_haystack(type_haystack="repeat"), max_seq_length=2048,
-                                   template=TEMPLATE, type_haystack="repeat", type_needle_k="words",
-                                   type_needle_v="numbers", num_samples=2, TOKENIZER=tok)
-    _, data = generated
-    ours = data[("niah_single_1", 2048)]
-    for a, b in zip(ours, theirs):
-        head = lambda t: t.split("\n", 1)[0]          # noqa: E731
-        assert head(a["input"]) == head(b["input"])
-        assert re.sub(r"for \S+ ", "for K ", a["input"].rsplit("\n", 1)[1]) == \
-            re.sub(r"for \S+ ", "for K ", b["input"].rsplit("\n", 1)[1])
-        assert re.fullmatch(r"\d{7}", b["outputs"][0]) and re.fullmatch(r"\d{7}", a["outputs"][0])
-        assert a["answer_prefix"].strip() == b["gen_prefix"].replace(b["gen_prefix"].split(" for ")[1].split(" ")[0],
-                                                                     a["answer_prefix"].split(" for ")[1].split(" ")[0])
-        # lengths comparable: their linear search (25/5-line steps) lands below our bracketed search
-        assert b["length"] <= a["length"] + a["tokens_to_generate"] + 1 <= 2048
-        assert b["length"] >= 0.85 * 2048
-
-
 def test_local_essay_folder_is_used_and_repeated_when_short(tok, tmp_path):
     folder = tmp_path / "essays"
     folder.mkdir()
@@ -393,3 +365,141 @@ def test_budget_search_finds_the_largest_fitting_size_in_few_steps(f):
     assert len(calls) <= 40                     # a linear crawl from 5 would take thousands
     size2, _ = _search(measure, budget, 1, 5, hi=100)
     assert size2 == min(size, 100)
+
+
+# --------------------------------------------------------------------------- builders, edge cases
+# Found by mutation testing (results/tests/mutation-*.md); each builds a sample or two directly.
+
+PINNED_BUILDS = ("tsa-ruler-2", "65d4af68ca51c4dade96aec508abc8e4aef2394937ce31016c0746a85f369c52")
+
+
+def _pinned_builds():
+    """Every task at 256, 2048 and 4096 tokens (sizes from ``size_estimate``), qa_1 with every
+    document and cwe at 128K, each from a fixed seed."""
+    corpora = Corpora(GEN, log=lambda m: None)
+    for length in (256, 2048, 4096):
+        for name, spec in T.TASKS.items():
+            yield T.build(spec, corpora.resources(spec, length), random.Random(f"pin:{name}:{length}"),
+                          T.size_estimate(spec, length), 1)
+    qa_1 = T.TASKS["qa_1"]
+    res = corpora.resources(qa_1, 4096)
+    yield T.build(qa_1, res, random.Random("pin:all-docs"), len(res.qa["squad"].docs), 1)
+    cwe = T.TASKS["cwe"]                 # 128K: the word pool outgrows the word lists
+    yield T.build(cwe, corpora.resources(cwe, 131072), random.Random("pin:cwe-128k"), T.size_estimate(cwe, 131072))
+
+
+def test_builder_output_is_pinned_with_the_generator_version():
+    """Sample files are cached under GENERATOR_VERSION, not under a hash of the builders: a
+    builder whose output changes while the version stays has old cached files reused as if
+    they were new. So the output for fixed seeds is pinned here; a deliberate change to what
+    a builder makes updates this digest *and* bumps GENERATOR_VERSION."""
+    h = hashlib.sha256()
+    for b in _pinned_builds():
+        h.update(json.dumps([b.text, b.outputs, b.answer_prefix, b.depth]).encode())
+    assert (GENERATOR_VERSION, h.hexdigest()) == PINNED_BUILDS
+
+
+def test_vt_variables_have_five_capital_letters_and_three_in_the_example():
+    b = T.build_vt(T.TASKS["vt"], T.Resources(max_length=2048), random.Random("vt-names"), 40)
+    example, main = b.text.rsplit("Memorize and track the chain(s)", 1)
+    assert all(re.fullmatch(r"[A-Z]{3}", n) for n in re.findall(r"VAR (\w+) =", example))
+    names = re.findall(r"VAR (\w+) =", main)
+    assert len(names) == 5 and all(re.fullmatch(r"[A-Z]{5}", n) for n in names)
+    assert sorted(b.outputs) == sorted(names)
+
+
+def test_cwe_below_the_minimum_size_still_has_ten_answers_and_one_rare_word():
+    b = T.build_cwe(T.TASKS["cwe"], T.Resources(max_length=2048, word_pool="builtin"), random.Random("cwe-min"), 3)
+    listed = set(re.findall(r"\d+\. (\S+)", b.text.rsplit("appear most often.\n", 1)[1]))
+    assert len(b.outputs) == 10 and len(listed) == 11 and set(b.outputs) < listed
+
+
+def test_cwe_takes_exactly_the_word_pool_and_names_a_larger_size():
+    spec, res = T.TASKS["cwe"], T.Resources(max_length=2048, word_pool="builtin")
+    top = T.max_size(spec, res)
+    assert len(T.build_cwe(spec, res, random.Random("cwe-max"), top).outputs) == 10
+    with pytest.raises(ValueError, match=rf"^cwe needs {top + 1} distinct words, the pool holds {top}$"):
+        T.build_cwe(spec, res, random.Random("cwe-max"), top + 1)
+
+
+def test_zeta_is_the_riemann_zeta_function():
+    assert T._zeta(2.0) == pytest.approx(math.pi ** 2 / 6, rel=1e-10)
+    assert T._zeta(3.0) == pytest.approx(1.2020569031595942, rel=1e-10)       # Apery's constant
+
+
+class _RepeatingRandom(random.Random):
+    """A seeded RNG whose first ``choices`` / ``randrange`` answers are scripted (to force the
+    collision a real seed makes only rarely), then its own."""
+
+    def __init__(self, seed, choices=(), ranges=()):
+        super().__init__(seed)
+        self.scripted_choices, self.scripted_ranges = list(choices), list(ranges)
+
+    def choices(self, population, *args, **kwargs):
+        if self.scripted_choices:
+            return list(self.scripted_choices.pop(0))
+        return super().choices(population, *args, **kwargs)
+
+    def randrange(self, *args, **kwargs):
+        if self.scripted_ranges:
+            return self.scripted_ranges.pop(0)
+        return super().randrange(*args, **kwargs)
+
+
+def test_fwe_words_stay_distinct_when_the_rng_repeats_one():
+    rng = _RepeatingRandom("fwe-dup", choices=["aaaaaa", "bbbbbb", "bbbbbb"])   # rank 2 drawn twice
+    b = T.build_fwe(T.TASKS["fwe"], T.Resources(max_length=2048), rng, 400)
+    assert b.outputs[0] == "bbbbbb" and len(set(b.outputs)) == 3
+
+
+@pytest.mark.parametrize("size", [1, 2, 10], ids=["gold-only", "gold-and-one", "ten"])
+def test_qa_context_holds_exactly_size_distinct_documents(size):
+    spec = T.TASKS["qa_1"]
+    res = Corpora(GEN, log=lambda m: None).resources(spec, 4096)
+    qa = res.qa["squad"]
+    _, _, gold, more = qa.questions[5]
+    spare = [d for d in range(len(qa.docs)) if d not in set(gold) | set(more)][:3]
+    rng = _RepeatingRandom("qa-docs", ranges=[spare[0], spare[0], spare[1], spare[2]])   # one repeat
+    b = T.build_qa(spec, res, rng, size, index=5)
+    context = b.text.split("given documents.\n\n", 1)[1].split("\n\nAnswer the question", 1)[0]
+    docs = re.findall(r"Document \d+:\n(.*?)(?=\n\nDocument \d+:|$)", context, flags=re.S)
+    assert len(docs) == size and len(set(docs)) == size
+    assert qa.docs[gold[0]] in docs
+
+
+@pytest.mark.parametrize("n_lines, n_pieces", [(2, 3), (1, 3), (5, 2)],
+                         ids=["one-gap-per-piece", "more-pieces-than-gaps", "spare-gaps"])
+def test_insert_lines_keeps_every_piece_in_order_and_reports_its_depth(n_lines, n_pieces):
+    """Depth = lines before the piece / all lines (%); with at least one gap per piece no two
+    pieces share a gap. Twenty seeds, so a wrong draw shows up."""
+    for seed in range(20):
+        lines = [f"line{i}" for i in range(n_lines)]
+        pieces = [f"piece{j}" for j in range(n_pieces)]
+        depths = T._insert_lines(lines, pieces, random.Random(seed))
+        assert [x for x in lines if x.startswith("piece")] == pieces
+        assert [x for x in lines if x.startswith("line")] == [f"line{i}" for i in range(n_lines)]
+        before = [sum(x.startswith("line") for x in lines[: lines.index(p)]) for p in pieces]
+        assert depths == [100.0 * b / n_lines for b in before], seed
+        if n_lines + 1 >= n_pieces:
+            assert not any(a.startswith("piece") and b.startswith("piece") for a, b in zip(lines, lines[1:])), seed
+
+
+class _EdgeDrawRandom(random.Random):
+    """The first 17-bit draw is 90000: ``randint(10000, 99999)`` must reject it (it is one
+    past the range) and draw again (CPython's ``randrange`` draws ``getrandbits(k)`` until
+    the value is in range)."""
+
+    def __init__(self, seed):
+        super().__init__(seed)
+        self.edge = True
+
+    def getrandbits(self, k):
+        if k == 17 and self.edge:
+            self.edge = False
+            return 90000
+        return super().getrandbits(k)
+
+
+def test_vt_chain_values_have_five_digits_at_the_top_of_the_range():
+    names, chain = T._vt_chain(_EdgeDrawRandom("vt-edge"), 4, 5)
+    assert re.fullmatch(r"VAR [A-Z]{5} = \d{5}", chain[0]) and chain[0].startswith(f"VAR {names[0]} = ")

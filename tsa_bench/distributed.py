@@ -1,5 +1,5 @@
-"""Data-parallel evaluation over the GPUs of one or several hosts, started by ``torchrun`` or
-``accelerate launch``.
+"""Data-parallel evaluation over the GPUs of one or several hosts, started by ``torchrun`` (or
+``accelerate launch``, which sets the same variables; tested with ``torchrun``).
 
 The launcher starts one process per GPU and sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
 nothing here spawns processes. Each rank takes every ``WORLD_SIZE``-th sample of the work

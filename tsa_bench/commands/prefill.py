@@ -262,6 +262,7 @@ def run(args) -> int:
                         print(f"{method:>20s} {backend:<14s} @ {fmt_length(n):>5s}: "
                               f"{'OUT OF MEMORY' if oom else 'FAILED'} ({msg})")
                         emit("oom" if oom else "failed", 1, method, backend, n, checked=False, error=msg)
+                        failed_gate |= not oom          # a method that crashes fails the run (exit 1)
                         if device.startswith("cuda"):
                             torch.cuda.empty_cache()
                         continue

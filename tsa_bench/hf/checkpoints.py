@@ -14,7 +14,9 @@ Every failure is a one-line ``ValueError``: a preset whose PyPI package is missi
 pip command; a GGUF file is checked by :func:`read_gguf_header` (magic bytes, and the size
 its header implies against the size on disk), so a truncated download is reported as such
 instead of failing deep inside the GGUF reader; an id that is neither a path nor cached says
-so. :func:`apply_rope_scaling` applies ``--rope-scaling`` to a config before the model is
+so. :func:`source_tokenizer` refuses a tokenizer that transformers built wrongly from a GGUF
+file (:func:`gguf_tokenizer_problems`; ``TSA_BENCH_ALLOW_BROKEN_TOKENIZER=1`` makes that a
+warning). :func:`apply_rope_scaling` applies ``--rope-scaling`` to a config before the model is
 built; :func:`trained_context` is the length past which a model needs it.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import struct
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from tsa_bench.hf.presets import ROPE_FLAG, Preset, find_preset, presets
 
@@ -43,6 +45,15 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 _MAX_DIMS = 8
 _SPECIAL_KEYS = (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"))
+
+ALLOW_BROKEN_TOKENIZER = "TSA_BENCH_ALLOW_BROKEN_TOKENIZER"
+TOKENIZER_FIX = ("transformers >= 5.23 converts Gemma's GGUF tokenizer correctly (5.17 splits words and drops "
+                 "BOS, 5.18-5.22 drop BOS); pip install 'transformers>=5.23'")
+# Words that a large English vocabulary holds whole with a leading space; "the" and "provided" are
+# what transformers 5.17 split for Gemma 3 ("▁t he", "▁prov id ed").
+WHOLE_WORDS = ("the", "for", "provided", "text")
+# A leading space as SentencePiece ("▁the") and byte-level BPE ("Ġthe") vocabularies spell it.
+_SPACE_MARKS = ("\u2581", "\u0120")
 
 
 # --------------------------------------------------------------------------- GGUF header
@@ -65,6 +76,7 @@ class GGUFHeader:
     expected_size: int
     file_size: int
     special_ids: Tuple[Tuple[str, int], ...] = ()     # (("bos", 1), ("eos", 2), ...) from tokenizer.ggml.*
+    add_bos_token: Optional[bool] = None             # tokenizer.ggml.add_bos_token; None when the file omits it
 
 
 class _Truncated(Exception):
@@ -207,9 +219,11 @@ def read_gguf_header(path: Union[str, Path]) -> GGUFHeader:
     ctx = meta.get(f"{arch}.context_length") if isinstance(arch, str) else None
     special = tuple((name, int(meta[f"tokenizer.ggml.{key}"])) for name, key in _SPECIAL_KEYS
                     if isinstance(meta.get(f"tokenizer.ggml.{key}"), int))
+    add_bos = meta.get("tokenizer.ggml.add_bos_token")
     return GGUFHeader(path=str(p), version=version, architecture=arch if isinstance(arch, str) else None,
                       context_length=int(ctx) if isinstance(ctx, int) else None, num_tensors=n_tensors,
-                      alignment=alignment, expected_size=expected, file_size=size, special_ids=special)
+                      alignment=alignment, expected_size=expected, file_size=size, special_ids=special,
+                      add_bos_token=add_bos if isinstance(add_bos, bool) else None)
 
 
 # --------------------------------------------------------------------------- presets on PyPI
@@ -374,7 +388,8 @@ def pretrained_model(src: ModelSource, config, **kwargs):
 
 
 def source_tokenizer(src: ModelSource):
-    """The tokenizer of a resolved source, or None (with a log line) when it has none."""
+    """The tokenizer of a resolved source, or None (with a log line) when it has none. A GGUF
+    source's tokenizer is checked by :func:`check_gguf_tokenizer` (ValueError when broken)."""
     from transformers import AutoTokenizer
 
     if src.kind == "config":
@@ -387,6 +402,7 @@ def source_tokenizer(src: ModelSource):
             return None
         if src.header is not None:
             _match_special_tokens(tok, src.header)
+            check_gguf_tokenizer(tok, src.header)
         return tok
     if os.path.isdir(src.ref) and not any(
             (Path(src.ref) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
@@ -412,6 +428,72 @@ def _match_special_tokens(tok, header: GGUFHeader) -> None:
         log.info("%s: %s token %r (id %s) -> %r (id %d), as the GGUF file says", header.path, name,
                  getattr(tok, f"{name}_token", None), have, token, want)
         setattr(tok, f"{name}_token", token)
+
+
+def gguf_tokenizer_problems(tok, add_bos_token: Optional[bool], bos_id: Optional[int] = None) -> List[str]:
+    """What is wrong with a tokenizer built from a GGUF file, one phrase per problem (empty list:
+    nothing found). Five short encodes: milliseconds, even for a 256K vocabulary.
+
+    * BOS: when the file sets ``tokenizer.ggml.add_bos_token`` (``add_bos_token`` True),
+      ``tok("hello")["input_ids"]`` must start with ``bos_id`` (default: the tokenizer's own BOS
+      id). transformers 5.17 to 5.22 ignore that key, so Gemma 3 gets no ``<bos>``.
+    * Whole words: each of :data:`WHOLE_WORDS` with a leading space whose whole piece is in the
+      vocabulary (``▁the`` in a SentencePiece vocabulary, ``Ġthe`` in a byte-level one)
+      must encode to that one piece, after any leading pieces that are only a space mark (a
+      SentencePiece dummy prefix turns " the" into ``▁`` + ``▁the``). Splitting is flagged
+      only where the vocabulary holds the whole word, so a small vocabulary passes. transformers
+      5.17 builds Gemma 3's tokenizer as a Unigram model over the file's merge ranks, which
+      splits " the" into ``▁t`` + ``he``.
+    """
+    problems = []
+    bos = bos_id if bos_id is not None else getattr(tok, "bos_token_id", None)
+    if add_bos_token:
+        ids = list(tok("hello")["input_ids"])
+        if bos is None:
+            problems.append("the file sets add_bos_token but the tokenizer has no BOS token")
+        elif not ids or ids[0] != bos:
+            problems.append(f"no BOS: the file sets add_bos_token but tok('hello') gives {ids} (BOS id {bos})")
+    split = []
+    for word in WHOLE_WORDS:
+        whole = [piece for piece in (mark + word for mark in _SPACE_MARKS) if _in_vocab(tok, piece)]
+        if not whole:
+            continue
+        pieces = tok.convert_ids_to_tokens(list(tok(" " + word, add_special_tokens=False)["input_ids"]))
+        while len(pieces) > 1 and not pieces[0].strip("".join(_SPACE_MARKS) + " "):
+            pieces = pieces[1:]                          # a dummy-prefix space piece
+        if len(pieces) != 1 or pieces[0] not in whole:
+            split.append(f"{' ' + word!r} -> {' '.join(pieces)}")
+    if split:
+        problems.append(f"words split although the vocabulary holds them whole: {', '.join(split)}")
+    return problems
+
+
+def _in_vocab(tok, piece: str) -> bool:
+    """Whether ``piece`` is a vocabulary entry (an unknown piece maps to the unk id, whose token
+    differs; ``get_vocab`` would build a 256K-entry dict for this)."""
+    i = tok.convert_tokens_to_ids(piece)
+    return i is not None and tok.convert_ids_to_tokens(i) == piece
+
+
+def check_gguf_tokenizer(tok, header: GGUFHeader) -> None:
+    """One-line ValueError naming the file, the transformers version, the problems found by
+    :func:`gguf_tokenizer_problems` and the fix, when the tokenizer transformers built from the
+    GGUF file is broken. With ``TSA_BENCH_ALLOW_BROKEN_TOKENIZER=1`` (or true / yes / on) the
+    message is logged as a warning instead and loading goes on with that tokenizer (for experts
+    who mean to measure the broken stack itself)."""
+    problems = gguf_tokenizer_problems(tok, header.add_bos_token, dict(header.special_ids).get("bos"))
+    if not problems:
+        return
+    import transformers
+
+    allowed = os.environ.get(ALLOW_BROKEN_TOKENIZER, "").lower() in ("1", "true", "yes", "on")
+    msg = (f"{header.path}: transformers {transformers.__version__} built a broken tokenizer from this file "
+           f"({'; '.join(problems)}); {TOKENIZER_FIX}"
+           + ("" if allowed else f" (or set {ALLOW_BROKEN_TOKENIZER}=1 to go on with it anyway)"))
+    if allowed:
+        log.warning("%s [going on: %s is set]", msg, ALLOW_BROKEN_TOKENIZER)
+        return
+    raise ValueError(msg)
 
 
 # --------------------------------------------------------------------------- context and RoPE scaling

@@ -6,7 +6,7 @@
 # (git-ignored), carry one folder per call and stash it, then join and check:
 #   bash scripts/gpu_models.sh stash            # copies every carried .carry/*/ part into /tmp/parts
 #   bash scripts/gpu_models.sh join engine ruler-smol ...
-# parts: stash join engine ruler-smol gemma-check gemma-niah ruler-1gpu ruler-2gpu tests
+# parts: stash join engine ruler-smol site524 gemma-check gemma-niah ruler-1gpu ruler-2gpu tests
 set -uo pipefail
 : "${OUT:?set OUT}"
 FINAL="$OUT"; OUT=$(mktemp -d); export OUT
@@ -36,14 +36,16 @@ for part in "$@"; do
     ruler-smol) timeout 420 python3 -m tsa_bench ruler --model $SMOL --method dense,tsa --tau 0.005 --seq-lens $CTX \
               -n $N --engine batched --data generated --words builtin --no-progress --out-dir "$OUT/ruler" \
               2>&1 | tee "$OUT/$part.log" | tail -40 ;;
+    site524) [ -d /tmp/site524 ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site524 \
+              .whl524/*.whl ;;   # transformers 5.24 (carry .whl524): 5.17 breaks Gemma's GGUF tokenizer
     gemma-check) timeout 200 python3 scripts/gemma_stack_check.py --gguf $GEMMA --device cuda --dtype fp32 \
-              --out "$OUT/gemma-517" 2>&1 | tee "$OUT/$part.log" | tail -12
-           [ -d /tmp/site524 ] && PYTHONPATH=/tmp/site524:$PYTHONPATH timeout 200 python3 scripts/gemma_stack_check.py \
-              --gguf $GEMMA --device cuda --dtype fp32 --out "$OUT/gemma-524" 2>&1 | tee -a "$OUT/$part.log" | tail -12 ;;
-    gemma-niah) timeout 400 python3 -m tsa_bench ruler --model $GEMMA --method dense --seq-lens ${GEMMA_CTX:-4k,8k,16k,32k} \
-              --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n ${GEMMA_N:-20} --template base \
-              --engine batched --data generated --words builtin --no-progress --out-dir "$OUT/ruler" \
-              2>&1 | tee "$OUT/$part.log" | tail -16 ;;
+              --attn sdpa,eager --out "$OUT/gemma-517" 2>&1 | tee "$OUT/$part.log" | tail -12
+           PYTHONPATH=/tmp/site524:$PYTHONPATH timeout 200 python3 scripts/gemma_stack_check.py --gguf $GEMMA \
+              --device cuda --dtype fp32 --attn sdpa,eager --out "$OUT/gemma-524" 2>&1 | tee -a "$OUT/$part.log" | tail -12 ;;
+    gemma-niah) PYTHONPATH=/tmp/site524:$PYTHONPATH timeout 400 python3 -m tsa_bench ruler --model $GEMMA --method dense \
+              --seq-lens ${GEMMA_CTX:-4k,8k,16k,32k} --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 \
+              -n ${GEMMA_N:-20} --template base --engine batched --data generated --words builtin --no-progress \
+              --out-dir "$OUT/ruler" 2>&1 | tee "$OUT/$part.log" | tail -16 ;;
     ruler-1gpu) CUDA_VISIBLE_DEVICES=0 timeout 300 python3 -m tsa_bench ruler --model $SMOL --method ${METHODS:-dense,tsa} \
               --seq-lens $CTX -n $N --engine batched --data generated --words builtin --no-progress \
               --out-dir /tmp/runs/one 2>&1 | tee "$OUT/$part.log" | grep -v Convert | tail -40

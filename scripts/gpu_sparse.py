@@ -65,7 +65,7 @@ from tsa_core.sparse import last_stats, sparse_attention  # noqa: E402
 from tsa_core.sparse.block_sparse import block_sparse_attention, block_sparse_attention_naive  # noqa: E402
 from tsa_core.sparse.flexprefill import FlexPrefillParams, flexprefill_pattern_naive  # noqa: E402
 from tsa_core.sparse.flexprefill.kernel import flexprefill_pattern_triton  # noqa: E402
-from tsa_core.sparse.methods import _compiled_flex, _flex_block_mask, estimate_pattern  # noqa: E402
+from tsa_core.sparse.methods import compiled_flex_attention, estimate_pattern, flex_block_mask  # noqa: E402
 from tsa_core.sparse.methods import run_with_pattern  # noqa: E402
 from tsa_core.sparse.pattern import BlockPattern, causal_block_grid  # noqa: E402
 
@@ -237,17 +237,17 @@ def part_flex(run: Run):
     out = block_sparse_attention(q, k, v, pattern, scale=run.scale, out=out)   # (timing reused `out`)
     try:
         t0 = time.time()
-        bm = _flex_block_mask(pattern, dev)
+        bm = flex_block_mask(pattern, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         build_ms = (time.time() - t0) * 1e3
-        flex = _compiled_flex()
+        flex = compiled_flex_attention()
         out_flex = flex(q, k, v, block_mask=bm, scale=run.scale, enable_gqa=True)
         err = rms_ratio(out_flex, out)
         ok = run.gate("flex-vs-kernel", err < 1e-2)
         run.metric("check_rms_ratio_vs_kernel", err, "flex-block-sparse", "check", backend="flex", checked=ok)
         run.metric("mask_build_ms_first_call", build_ms, "flex-block-sparse", "mask_build", backend="flex")
-        run.time(lambda: _flex_block_mask(pattern, dev), "flex-block-sparse", "mask_build", "flex")
+        run.time(lambda: flex_block_mask(pattern, dev), "flex-block-sparse", "mask_build", "flex")
         t_fx = run.time(lambda: flex(q, k, v, block_mask=bm, scale=run.scale, enable_gqa=True),
                         "flex-block-sparse", "attention", "flex", keep_ratio=round(dens, 4))
         run.metric("triton_speedup_vs_flex", t_fx / t_bs, "block-sparse", "attention", backend="triton",

@@ -170,3 +170,23 @@ def test_profile_json_is_accepted_and_checked(tmp_path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="no 'sparse_layers'"):
         resolve_sparse_layers(str(path), 4)
+
+
+def test_hf_imports_nothing_of_the_bench_layer():
+    """``tsa_bench.hf`` (the transformers integration) may import ``tsa_core``, itself and the
+    neutral :mod:`tsa_bench.paths`, never the bench layer (provenance, results, commands), at
+    module level or inside a function."""
+    import ast
+    from pathlib import Path
+
+    import tsa_bench.hf
+
+    allowed = ("tsa_bench.hf", "tsa_bench.paths")
+    bad = []
+    for path in sorted(Path(tsa_bench.hf.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            bad += [f"{path.name}: {n}" for n in names
+                    if n.split(".")[0] == "tsa_bench" and not any(n == a or n.startswith(a + ".") for a in allowed)]
+    assert bad == []

@@ -12,7 +12,7 @@ from tasks.ruler import tasks as T
 from tasks.ruler.generate import Generator, GenConfig, prompt_of
 from tasks.ruler.toy_tokenizer import build_tokenizer
 from tsa_bench.cli import UsageError, build_parser
-from tsa_bench.commands.ruler import PredictionLog, evaluate_samples, open_predictions, run_identity
+from tsa_bench.commands.ruler import PredictionLog, evaluate_samples, open_predictions, resolve_tau, run_identity
 
 GEN = GenConfig(data="generated", words="builtin")
 
@@ -50,6 +50,7 @@ def _predictions_path(tmp_path, model, gen, argv=(), tsa=None, impl="auto", engi
 
     args = build_parser().parse_args(["ruler", "--model", str(model_arg), "--weights", "random", "--device", "cpu",
                                       "--dtype", "fp32", *argv])
+    args.tau = resolve_tau(args)                      # as `ruler` resolves it before loading
     cfg = TSAConfig(**{**TSA, "tau": args.tau, **(tsa or {})})
     configure_tsa(model, method=args.method, tsa_config=cfg, dense_backend=args.dense_backend,
                   sparse_layers=args.sparse_layers, impl=impl, model_name="tiny-llama", weights="random")

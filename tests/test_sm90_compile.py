@@ -42,7 +42,7 @@ CASES = {
     # MInference: the column loop, with the masked head-dim loads (D = 96 in a 128 tile)
     "block_sparse_cols": ("tsa_core.sparse.block_sparse.kernel", "_bsa_fwd_kernel",
                           dict(BSA, HAS_COLS=True, EVEN_D=False), BSA_PTRS, ()),
-    "compact": ("tsa_core.sparse.block_sparse.kernel", "_compact_kernel", dict(CHUNK=1024),
+    "compact": ("tsa_core.sparse.pattern_kernel", "_compact_kernel", dict(CHUNK=1024),
                 dict(mask_ptr="*u8", idx_ptr="*i32", cnt_ptr="*i32"), ()),
     "pool": ("tsa_core.selection.kernel", "_pool_kernel", dict(KERNEL=7, BLOCK=1024), {}, ()),
     "radix_hist": ("tsa_core.selection.kernel", "_radix_hist_kernel", dict(BLOCK=2048, RADIX=2048),

@@ -8,10 +8,9 @@ import os
 import platform
 import re
 import subprocess
-from pathlib import Path
 from typing import Any, Dict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tsa_bench.paths import REPO_ROOT
 
 
 def _git(*args: str) -> str:

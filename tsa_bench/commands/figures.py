@@ -1,52 +1,116 @@
-"""``tsa-bench figures``: regenerate the figures from the committed result CSVs."""
+"""``tsa-bench figures``: regenerate the figures from the committed result CSVs.
+
+Latency figures from ``results/latency/*.csv`` (``--latency``); accuracy figures (per model and
+length, score vs attention speedup with the Pareto frontier, and score vs attention-map
+sparsity: :mod:`tsa_bench.analysis.figures`) from ``results/accuracy/*.csv`` (``--accuracy``)
+when there are any. Each CSV read is named on stderr; a missing kind is said and skipped; with
+neither it is a usage error. The PNG paths go to stdout, one a line.
+"""
 from __future__ import annotations
 
 import glob
 import sys
 from pathlib import Path
+from typing import List, Optional, Sequence
 
 from tsa_bench.cli import UsageError
-from tsa_bench.provenance import REPO_ROOT
+from tsa_bench.paths import RESULTS_DIR
 
 NAME = "figures"
 HELP = "Regenerate results/figures/*.png from the result CSVs (prints which CSVs it read)."
 EPILOG = """examples:
-  tsa-bench figures                                   # every CSV under results/latency
+  tsa-bench figures                                   # every CSV under results/latency and results/accuracy
   tsa-bench figures --latency results/latency/latency-2026*.csv --out-dir /tmp/figs
+  tsa-bench figures --latency --accuracy tests/fixtures/accuracy --out-dir /tmp/figs   # accuracy figures only
 """
+ACCURACY_FIGURES = ("accuracy_score_vs_speedup.png", "accuracy_score_vs_sparsity.png")
 
 
 def add_arguments(p) -> None:
     p.add_argument("--latency", nargs="*", default=None,
                    help="latency CSVs (default: results/latency/*.csv)")
-    p.add_argument("--gpu", default=None, help="GPU whose rows to plot (default: that of the newest row)")
-    p.add_argument("--out-dir", default=str(REPO_ROOT / "results" / "figures"))
+    p.add_argument("--accuracy", nargs="*", default=None,
+                   help="accuracy CSVs, or folders whose *.csv are read (default: results/accuracy/)")
+    p.add_argument("--gpu", default=None, help="GPU whose latency rows to plot (default: that of the newest row)")
+    p.add_argument("--out-dir", default=str(RESULTS_DIR / "figures"))
+
+
+def accuracy_files(paths: Optional[Sequence[str]]) -> List[Path]:
+    """``--accuracy`` as CSV paths: a folder gives its ``*.csv`` sorted by name (run id = time,
+    :func:`tsa_bench.analysis.tables.find_csvs`), a file itself; ``None`` = ``results/accuracy/``
+    (absent: no files). A given path that does not exist is a UsageError."""
+    from tsa_bench.analysis.tables import find_csvs
+
+    if paths is None:
+        return find_csvs(RESULTS_DIR / "accuracy")
+    files: List[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files.extend(find_csvs(p))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UsageError(f"--accuracy: no such file or folder: {raw}")
+    return files
+
+
+def accuracy_figures(files: Sequence[Path], out: Path) -> List[Path]:
+    """Score vs attention speedup (Pareto frontier) and score vs sparsity from ``files``."""
+    from tsa_bench.analysis.figures import score_vs_sparsity, score_vs_speedup
+    from tsa_bench.analysis.tables import read_csvs
+
+    try:
+        df = read_csvs(files)
+        return [score_vs_speedup(df, out / ACCURACY_FIGURES[0]).path,
+                score_vs_sparsity(df, out / ACCURACY_FIGURES[1]).path]
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"--accuracy: cannot draw the accuracy figures from {len(files)} CSVs: {exc}") from None
 
 
 def run(args) -> int:
     import matplotlib
     matplotlib.use("Agg")
+
+    files = args.latency if args.latency is not None else sorted(glob.glob(str(RESULTS_DIR / "latency/*.csv")))
+    acc_files = accuracy_files(args.accuracy)
+    if not files and not acc_files:
+        raise UsageError("no latency CSVs and no accuracy CSVs found (run `tsa-bench latency` first, or pass "
+                         "--latency / --accuracy)")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: List[Path] = []
+    if acc_files:
+        for f in acc_files:
+            print(f"read {f}", file=sys.stderr)
+        written += accuracy_figures(acc_files, out)
+    else:
+        print("no accuracy CSVs " + ("given" if args.accuracy is not None else f"under {RESULTS_DIR / 'accuracy'}")
+              + ": accuracy figures skipped", file=sys.stderr)
+    if files:
+        written += _latency_figures(files, args.gpu, out)
+    else:
+        print("no latency CSVs " + ("given" if args.latency is not None else f"under {RESULTS_DIR / 'latency'}")
+              + ": latency figures skipped", file=sys.stderr)
+    for w in written:
+        print(w)
+    return 0
+
+
+def _latency_figures(files: Sequence[str], gpu: Optional[str], out: Path) -> List[Path]:
     import pandas as pd
 
-    files = args.latency if args.latency is not None else sorted(glob.glob(str(REPO_ROOT / "results/latency/*.csv")))
-    if not files:
-        raise UsageError("no latency CSVs found (run `tsa-bench latency` first or pass --latency)")
     for f in files:
         print(f"read {f}", file=sys.stderr)
     df = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     df = df[df.batch == 1]
-    gpu = args.gpu or df.sort_values("timestamp").gpu.iloc[-1]
+    gpu = gpu or df.sort_values("timestamp").gpu.iloc[-1]
     if gpu not in set(df.gpu):
         raise UsageError(f"no rows from GPU {gpu!r}; have {sorted(set(df.gpu))}")
     print(f"plotting GPU {gpu} (speedups never mix GPUs)", file=sys.stderr)
     df = df[df.gpu == gpu]
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [speedup_vs_context(df, out / "latency_speedup.png"),
-               overhead_breakdown(df, out / "latency_overhead.png")]
-    for w in written:
-        print(w)
-    return 0
+    return [speedup_vs_context(df, out / "latency_speedup.png"),
+            overhead_breakdown(df, out / "latency_overhead.png")]
 
 
 def _label(r) -> str:

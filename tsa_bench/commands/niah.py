@@ -77,6 +77,7 @@ def run(args) -> int:
         raise UsageError("niah runs in one process (its sweep is a few cells); launch it without torchrun, "
                          "or shard `tsa-bench ruler --tasks niah_single_1,...` instead")
     resolve_model_arg(args, lengths)          # default model (SmolLM2 <= 8K, Gemma-3-270M <= 32K), context check
+    args.tau = R.resolve_tau(args)            # --tau > the --sparse-layers profile's tau > the preset's > 0.005
     device = R.resolve_device(args.device)
     if args.dry_run:
         print(f"model {args.model} ({args.weights} weights), method {args.method}, tau {args.tau}, "

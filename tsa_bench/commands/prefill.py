@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 import torch
 
 from tsa_bench.args import add_model_load_arguments, fmt_length, parse_lengths
+from tsa_bench.cli import UsageError
 from tsa_bench.commands.profile_layers import resolve_device
 
 NAME = "prefill"
@@ -46,7 +47,9 @@ def add_arguments(p) -> None:
     p.add_argument("--dense-backend", default="sdpa",
                    help="registry dense kernel(s), comma list (default sdpa; sdpa-flash, sdpa-cudnn, ...); every "
                         "method is timed on each, with speedups against 'dense' on the same kernel")
-    p.add_argument("--tau", type=float, default=None, help="token coverage (default: the preset's, else 0.005)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="token coverage (default: the tau saved in the --sparse-layers profile, else the preset's, "
+                        "else 0.005)")
     p.add_argument("--keep-ratio", type=float, default=None, help="force the kept fraction of prefix tokens instead of tau")
     p.add_argument("--window", type=int, default=128, help="TSA recent-query window W (default 128)")
     p.add_argument("--min-keep", type=int, default=1024, help="TSA minimum kept prefix tokens (default 1024)")
@@ -132,7 +135,7 @@ def run(args) -> int:
     from tsa_core import TSAConfig
     from tsa_bench.hf import configure_tsa, last_stats, load_model, summarize_stats
     from tsa_bench.hf.attention import parse_method
-    from tsa_bench.hf.layers import check_full_attention, full_attention_layers
+    from tsa_bench.hf.layers import check_full_attention, full_attention_layers, resolve_tau
     from tsa_bench.hf.loading import model_config, num_decoder_layers, resolve_sparse_layers
     from tsa_bench.hf.presets import find_preset
     from tsa_bench.hf.prompts import prompt_ids
@@ -151,7 +154,10 @@ def run(args) -> int:
     config, preset = model_config(args.model, args.weights, args.rope_scaling)
     text_cfg = config.get_text_config()
     n_layers = num_decoder_layers(config)
-    tau = args.tau if args.tau is not None else (preset.tau if preset else TSAConfig.tau)
+    try:                          # --tau > the --sparse-layers profile's tau > the preset's > 0.005
+        tau, tau_source = resolve_tau(args.tau, args.sparse_layers, preset.tau if preset else None)
+    except ValueError as exc:
+        raise UsageError(f"--sparse-layers: {exc}") from None
     tsa_cfg = TSAConfig(tau=tau, window=args.window, pool_kernel=args.pool_kernel, min_keep=args.min_keep,
                         keep_ratio=args.keep_ratio)
     name = preset.name if preset else args.model
@@ -169,7 +175,7 @@ def run(args) -> int:
              "time_budget_s": args.time_budget_s, "rope_scaling": args.rope_scaling}
     print(f"prefill: {args.model} ({config.model_type}, {n_layers} layers, {args.weights} weights) "
           f"{args.dtype} on {device}; lengths {','.join(fmt_length(n) for n in lengths)}; methods {methods}; "
-          f"dense backends {backends}; TSA in {len(layers)} layers ({source})")
+          f"dense backends {backends}; TSA in {len(layers)} layers ({source}), tau {tau:g} ({tau_source})")
     if max_pos and max(lengths) > max_pos:
         print(f"warning: {fmt_length(max(lengths))} exceeds the model's max_position_embeddings ({max_pos}); "
               "--rope-scaling TYPE:FACTOR stretches its RoPE")

@@ -62,7 +62,9 @@ def add_model_arguments(p) -> None:
     p.add_argument("--method", default="tsa",
                    help="dense | tsa | <backend> | <backend>+tsa, or a comma list run one after the other on the "
                         "same samples with the model loaded once (default tsa)")
-    p.add_argument("--tau", type=float, default=0.005, help="TSA token coverage (default 0.005)")
+    p.add_argument("--tau", type=float, default=None,
+                   help="TSA token coverage (default: the tau saved in the --sparse-layers profile, else the "
+                        "preset's, else 0.005)")
     add_model_load_arguments(p)
     p.add_argument("--dense-backend", default="sdpa", help="dense kernel from the registry (default sdpa)")
     p.add_argument("--sparse-layers", default=None, help="layers running TSA (default: preset / profile)")
@@ -499,8 +501,24 @@ def _bench_generate(args, tasks, lengths) -> int:
 
 
 def check_common(args) -> None:
-    if not 0.0 <= args.tau < 1.0:
+    if args.tau is not None and not 0.0 <= args.tau < 1.0:
         raise UsageError(f"--tau must be in [0, 1), got {args.tau}")
+
+
+def resolve_tau(args) -> float:
+    """The tau the run uses: ``--tau``, else the ``tau`` saved in the profile JSON that
+    ``--sparse-layers`` names, else the model preset's, else 0.005
+    (:func:`tsa_bench.hf.layers.resolve_tau`). A profile with a bad tau is a UsageError."""
+    try:
+        from tsa_bench.hf.layers import resolve_tau as resolve
+        from tsa_bench.hf.presets import find_preset
+    except ImportError as exc:
+        raise UsageError(f"the transformers integration (tsa_bench.hf) is not available: {exc}") from None
+    preset = find_preset(_model_name(args)) if args.model is not None else None
+    try:
+        return resolve(args.tau, args.sparse_layers, preset.tau if preset else None)[0]
+    except ValueError as exc:
+        raise UsageError(f"--sparse-layers: {exc}") from None
 
 
 def setup(args, device: str, need_model: bool = True):
@@ -554,8 +572,9 @@ def run_identity(args, gen, template: str, model=None, engine: str = "hf-generat
 
     Key parts: the generator version and every task's generation length (they fix prompts and
     references; each stored prediction also carries its prompt's hash); the model (``--model``,
-    :func:`weights_fingerprint`, ``--weights``, ``--dtype``, ``--rope-scaling``); the flags
-    ``--method``, ``--tau``, ``--dense-backend``, ``--sparse-layers`` as given, and ``plan``,
+    :func:`weights_fingerprint`, ``--weights``, ``--dtype``, ``--rope-scaling``); ``tau``, the
+    resolved one (the loaded plan's, else ``args.tau``); the flags ``--method``,
+    ``--dense-backend``, ``--sparse-layers`` as given, and ``plan``,
     what the loaded ``model`` actually runs (``model.config.tsa_settings``: method, prefill and
     dense kernels, TSA tau, window, pool_kernel, min_keep, keep_ratio, the *resolved* sparse
     layer set, per-layer overrides, op impl; ``None`` without a model); the tokenizer
@@ -568,17 +587,18 @@ def run_identity(args, gen, template: str, model=None, engine: str = "hf-generat
     settings = getattr(getattr(model, "config", None), "tsa_settings", None)
     # layer_source only says in words where the layer set came from: left out of the key
     plan = None if settings is None else {k: v for k, v in settings.items() if k != "layer_source"}
+    tau = ((plan or {}).get("tsa") or {}).get("tau", args.tau) if uses_tsa(args.method) else None
     key_parts = dict(generator=G.GENERATOR_VERSION,
                      max_new_tokens=getattr(args, "max_new_tokens", None)
                      or {t: spec.tokens_to_generate for t, spec in TASKS.items()},
                      model=args.model, weights_id=weights_fingerprint(args.model, model), weights=args.weights,
                      dtype=args.dtype, rope_scaling=getattr(args, "rope_scaling", None),
-                     method=args.method.lower(), tau=args.tau if uses_tsa(args.method) else None,
+                     method=args.method.lower(), tau=tau,
                      dense_backend=args.dense_backend, sparse_layers=args.sparse_layers, plan=plan,
                      tokenizer=gen.tok_id, template=template, seed=args.seed, data=gen.corpora.data_tag(),
                      engine=engine)
     identity = dict(method=args.method.lower(), backend=args.dense_backend,
-                    tau=args.tau if uses_tsa(args.method) else None, model=args.model, dtype=args.dtype,
+                    tau=tau, model=args.model, dtype=args.dtype,
                     weights=args.weights, stage="e2e", batch=1)
     return key_parts, identity, run_key(key_parts)
 
@@ -646,6 +666,7 @@ def run(args) -> int:
         return _bench_generate(args, tasks, lengths)
     if not (args.model is None and args.generate_only and args.tokenizer):
         resolve_model_arg(args, lengths)      # default model (SmolLM2 <= 8K, Gemma-3-270M <= 32K), context check
+        args.tau = resolve_tau(args)
     device = resolve_device(args.device)
     from tsa_bench.hf.attention import parse_method
     for m in methods_of(args):               # an unknown method fails before anything loads

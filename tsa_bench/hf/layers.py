@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from tsa_bench.provenance import REPO_ROOT
+from tsa_bench.paths import RESULTS_DIR
 
 log = logging.getLogger("tsa_bench.hf")
-LAYERS_DIR = REPO_ROOT / "results" / "layers"
+LAYERS_DIR = RESULTS_DIR / "layers"
 EPS = 1e-8
 
 
@@ -174,14 +175,50 @@ def profile_path(model_name: str, weights: str, out_dir: Optional[Path] = None) 
 
 
 def load_profile(path: Union[str, Path]) -> Dict:
+    """A saved layer profile (JSON object): ``sparse_layers`` (a list, required) and, when the
+    profile carries one (``tsa-bench calibrate`` writes it), ``tau``: a number in (0, 1).
+    Other keys are kept as they are. ValueError naming the file and the field otherwise."""
     p = Path(path)
     try:
         d = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read layer profile {p}: {exc}") from None
-    if not isinstance(d.get("sparse_layers"), list):
+    if not isinstance(d, dict) or not isinstance(d.get("sparse_layers"), list):
         raise ValueError(f"layer profile {p} has no 'sparse_layers' list")
+    tau = d.get("tau")
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float))
+                            or not 0.0 < float(tau) < 1.0):
+        raise ValueError(f"layer profile {p}: 'tau' must be a number in (0, 1), got {tau!r}")
     return d
+
+
+def is_profile_spec(spec) -> bool:
+    """Whether a ``sparse_layers`` value names a profile file (a ``.json`` path or an existing
+    file), the rule :func:`tsa_bench.hf.loading.resolve_sparse_layers` applies."""
+    if not isinstance(spec, (str, Path)):
+        return False
+    s = str(spec).strip()
+    return s.endswith(".json") or os.path.isfile(s)
+
+
+def resolve_tau(tau: Optional[float], sparse_layers=None, preset_tau: Optional[float] = None) -> Tuple[float, str]:
+    """The TSA tau a run uses, and a few words saying where it came from.
+
+    Precedence: ``tau`` (``--tau``) > the ``tau`` saved in the profile that ``sparse_layers``
+    names (:func:`is_profile_spec`; the file is read and validated by :func:`load_profile`)
+    > ``preset_tau`` (the model preset's) > :attr:`tsa_core.TSAConfig.tau` (0.005, the paper's).
+    """
+    from tsa_core import TSAConfig
+
+    if tau is not None:
+        return float(tau), "given explicitly"
+    if is_profile_spec(sparse_layers):
+        saved = load_profile(str(sparse_layers).strip()).get("tau")
+        if saved is not None:
+            return float(saved), f"profile {str(sparse_layers).strip()}"
+    if preset_tau is not None:
+        return float(preset_tau), "preset"
+    return float(TSAConfig.tau), "default"
 
 
 def find_profile(model_name: str) -> Optional[Path]:

@@ -98,9 +98,10 @@ def estimate_pattern(method: str, q: torch.Tensor, k: torch.Tensor, *, scale: Op
     return result[0] if isinstance(result, tuple) else result
 
 
-def _flex_block_mask(pattern: BlockPattern, device):
-    """FlexAttention BlockMask from the same lists: diagonal blocks partial (causal
-    ``mask_mod``), all other active blocks full."""
+def flex_block_mask(pattern: BlockPattern, device):
+    """FlexAttention ``BlockMask`` holding exactly the active blocks of ``pattern`` (block
+    patterns only; its ``cols`` are ignored): diagonal blocks partial (causal ``mask_mod``),
+    all other active blocks full. Built on ``device``; forward-only metadata where torch allows."""
     from torch.nn.attention.flex_attention import BlockMask
     from tsa_core.sparse.pattern import mask_to_lists
     n = pattern.num_blocks
@@ -119,10 +120,14 @@ def _flex_block_mask(pattern: BlockPattern, device):
         return BlockMask.from_kv_blocks(part_cnt, part_idx, full_cnt, full_idx, **kwargs)
 
 
+_flex_block_mask = flex_block_mask     # the earlier private name, still used by tests
+
 _FLEX = {}
 
 
-def _compiled_flex():
+def compiled_flex_attention():
+    """``torch.compile(flex_attention, dynamic=False)``, compiled once per process and shared
+    by :func:`run_with_pattern` (``executor="flex"``) and the benchmarks that time it."""
     if "fn" not in _FLEX:
         from torch.nn.attention.flex_attention import flex_attention
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
@@ -143,8 +148,8 @@ def run_with_pattern(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     if executor == "flex":
         if pattern.cols is not None:
             raise ValueError("executor='flex' runs block patterns only; this pattern has key columns")
-        res = _compiled_flex()(q, k, v, block_mask=_flex_block_mask(pattern, q.device), scale=scale,
-                               enable_gqa=Hq != Hkv)
+        res = compiled_flex_attention()(q, k, v, block_mask=flex_block_mask(pattern, q.device), scale=scale,
+                                        enable_gqa=Hq != Hkv)
         if out is not None:
             out.copy_(res)
             return out

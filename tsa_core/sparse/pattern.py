@@ -41,10 +41,10 @@ def mask_to_lists(mask: torch.Tensor):
     Returns ``(kv_idx int32 [B, H, n_qb, n_kb], kv_cnt int32 [B, H, n_qb])``: the first
     ``kv_cnt`` entries of each row are the active key blocks in ascending order; the rest is
     zero. No host synchronisation (the list width is ``n_kb``). On CUDA (or under the
-    interpreter) one Triton pass does it (:func:`compact_mask_triton`).
+    interpreter) one Triton pass does it (:func:`tsa_core.sparse.pattern_kernel.compact_mask_triton`).
     """
     if mask.device.type == "cuda" or interpreter_on():
-        from tsa_core.sparse.block_sparse.kernel import compact_mask_triton
+        from tsa_core.sparse.pattern_kernel import compact_mask_triton    # lazy: no Triton at import
         return compact_mask_triton(mask)
     return mask_to_lists_torch(mask)
 

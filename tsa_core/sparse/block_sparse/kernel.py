@@ -158,34 +158,6 @@ def _bsa_fwd_kernel(
     tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
-@triton.jit
-def _compact_kernel(mask_ptr, idx_ptr, cnt_ptr, n_kb, CHUNK: tl.constexpr):
-    """One block-mask row -> its ascending active-block list (cumsum positions) and count."""
-    row = tl.program_id(0).to(tl.int64)
-    base = tl.full([], 0, tl.int32)
-    for c0 in range(0, n_kb, CHUNK):
-        offs = c0 + tl.arange(0, CHUNK)
-        m = tl.load(mask_ptr + row * n_kb + offs, mask=offs < n_kb, other=0).to(tl.int32)   # [CHUNK]
-        pos = base + tl.cumsum(m, axis=0) - 1
-        tl.store(idx_ptr + row * n_kb + pos, offs, mask=m > 0)
-        base += tl.sum(m, axis=0)
-    tl.store(cnt_ptr + row, base)
-
-
-def compact_mask_triton(mask: torch.Tensor):
-    """Triton twin of :func:`tsa_core.sparse.pattern.mask_to_lists` (one pass, no int64 temps)."""
-    check_triton_device(mask, "compact_mask_triton")
-    B, H, n_qb, n_kb = mask.shape
-    m8 = mask.contiguous().view(torch.uint8)
-    idx = torch.zeros((B, H, n_qb, n_kb), device=mask.device, dtype=torch.int32)
-    cnt = torch.empty((B, H, n_qb), device=mask.device, dtype=torch.int32)
-    rows = B * H * n_qb
-    if rows:
-        chunk = min(1024, max(16, next_pow2(n_kb)))
-        _compact_kernel[(rows,)](m8, idx, cnt, n_kb, CHUNK=chunk, num_warps=4)
-    return idx, cnt
-
-
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [(128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (128, 128, 8, 3),

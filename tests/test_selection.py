@@ -174,3 +174,49 @@ def test_select_rejects_bad_keep(gen):
         select_topk_naive(s, torch.tensor([3]), 12)
     with pytest.raises(ValueError, match="seq_len"):
         select_topk_triton(s, torch.tensor([3, 3]), 10)
+
+
+# ----- input checks and edge cases pinned by mutation testing (results/tests/mutation-*.md) ----
+
+@pytest.mark.parametrize("scores, message", [
+    ([[[1.0]]], r"^scores must be a \[B, H, P\] tensor, got \[\[\[1\.0\]\]\]$"),
+    (torch.zeros(2, 3), r"^scores must be a \[B, H, P\] tensor, got torch\.Size\(\[2, 3\]\)$"),
+    (torch.zeros(1, 1, 4, dtype=torch.float64), r"^scores must be float32, got torch\.float64$"),
+], ids=["not-a-tensor", "two-dims", "float64"])
+def test_pool_rejects_bad_scores_naming_what_it_got(scores, message):
+    with pytest.raises(ValueError, match=message):
+        pool_scores_naive(scores, 3)
+
+
+@pytest.mark.parametrize("kernel", [True, 3.0, 0, -1], ids=["bool", "float", "zero", "negative"])
+def test_pool_rejects_kernels_that_are_not_positive_odd_ints(kernel):
+    with pytest.raises(ValueError, match=rf"^pool kernel must be a positive odd integer, got {kernel!r}$"):
+        pool_scores_naive(torch.ones(1, 1, 8), kernel)
+
+
+def test_budget_rejects_a_layer_that_is_not_2d():
+    with pytest.raises(ValueError, match=r"^layer must be \[B, P\], got shape \(1, 2, 3\)$"):
+        layer_budget(torch.ones(1, 2, 3), TSAConfig(tau=0.1, min_keep=1))
+
+
+def test_budget_pruned_mass_when_one_token_or_none_is_dropped():
+    # row 0: shares 0.1, 0.2, 0.3, 0.4: tau 0.15 drops exactly the 0.1 token; row 1: flat 0.25
+    # each, nothing drops and the pruned mass is exactly 0
+    layer = torch.tensor([[2.0, 4.0, 3.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    keep, pruned = layer_budget(layer, TSAConfig(tau=0.15, min_keep=1))
+    assert keep.tolist() == [3, 4]
+    torch.testing.assert_close(pruned, torch.tensor([0.1, 0.0]))
+
+
+@pytest.mark.parametrize("config", [TSAConfig(tau=0.1, min_keep=1), TSAConfig(keep_ratio=0.5, min_keep=1)],
+                         ids=["coverage", "keep-ratio"])
+def test_budget_outputs_stay_on_the_input_device(config):
+    # the meta device stands in for CUDA: a tensor made on the default device shows up here
+    keep, pruned = layer_budget(torch.ones(2, 20, device="meta"), config)
+    assert keep.device.type == "meta" and pruned.device.type == "meta"
+    assert keep.dtype == torch.int64
+
+
+def test_select_output_stays_on_the_input_device():
+    order = select_topk_naive(torch.ones(2, 3, 20, device="meta"), torch.tensor([5, 20]), 24)
+    assert order.device.type == "meta" and order.dtype == torch.int32 and order.shape == (2, 3, 24)

@@ -6,7 +6,7 @@ import torch
 
 from tsa_bench.workload import Workload, synthetic_qkv
 from tsa_core.sparse.flexprefill.kernel import flexprefill_pattern_triton, profiles_triton
-from tsa_core.sparse.flexprefill.naive import (FlexPrefillParams, _budget_blocks, _mean_pool_tokens,
+from tsa_core.sparse.flexprefill.naive import (FlexPrefillParams, _budget_blocks, _mean_pool_tokens, _top_blocks,
                                                coverage_blocks, flexprefill_pattern_naive, js_distance,
                                                profiles_naive)
 from tsa_core.sparse.pattern import causal_block_grid
@@ -237,3 +237,44 @@ def test_params_validation():
         FlexPrefillParams(block_size=100)
     with pytest.raises(ValueError, match="min_budget"):
         FlexPrefillParams(min_budget=0)
+
+
+# ----- selection helpers on hand-made inputs (edge cases found by mutation testing) -----------
+# CPU torch.sort without stable=True reorders ties from 17 entries on, so the tie cases are
+# at least that long.
+
+def test_budget_counts_the_entry_whose_cumsum_equals_gamma():
+    prof = torch.tensor([[[0.5, 0.125, 0.25, 0.125]]])     # sorted cumsums 0.5, 0.75, 0.875, 1 (exact)
+    # 2 cumsums <= 0.75, +1 = 3 tokens -> 3 // 3 + 1 = 2 blocks (a strict < would give 1)
+    assert _budget_blocks(prof, 0.75, 3, 1, 8).item() == 2
+
+
+def test_top_blocks_forced_first_then_ties_to_the_lower_index():
+    keep = _top_blocks(torch.zeros(1, 2, 20), torch.tensor([[4, 1]]), forced=7)
+    assert keep[0, 0].nonzero().flatten().tolist() == [0, 1, 2, 7]
+    assert keep[0, 1].nonzero().flatten().tolist() == [7]
+
+
+def test_coverage_blocks_stops_once_the_mass_before_reaches_gamma():
+    probs = torch.tensor([[[0.5, 0.25], [0.25, 0.0]]])     # gamma 0.75: 0.5 + 0.25 reaches it exactly
+    assert coverage_blocks(probs, 0.75).tolist() == [[[True, True], [False, False]]]
+
+
+def test_coverage_blocks_ties_go_to_the_lower_flat_index():
+    keep = coverage_blocks(torch.ones(1, 5, 5), 0.2)       # 25 equal entries: 5 are needed
+    assert keep[0, 0].all() and not keep[0, 1:].any()
+
+
+def test_coverage_blocks_treats_leading_dims_as_a_batch(gen):
+    probs = torch.rand(2, 3, 4, 4, generator=gen)
+    keep = coverage_blocks(probs, 0.6)
+    for b in range(2):
+        for h in range(3):
+            assert torch.equal(keep[b, h], coverage_blocks(probs[b, h][None], 0.6)[0]), (b, h)
+
+
+def test_selection_helpers_keep_the_input_device():
+    # the meta device stands in for CUDA: a tensor made on the default device shows up here
+    n = torch.tensor([[3]], device="meta")
+    assert _top_blocks(torch.zeros(1, 1, 20, device="meta"), n, forced=0).device.type == "meta"
+    assert coverage_blocks(torch.zeros(2, 4, 4, device="meta"), 0.5).device.type == "meta"

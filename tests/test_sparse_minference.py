@@ -7,7 +7,7 @@ from tsa_core.backends.dense import math_attention
 from tsa_core.sparse.block_sparse import block_sparse_attention
 from tsa_core.sparse.flexprefill.naive import profiles_naive
 from tsa_core.sparse.minference.kernel import minference_pattern_triton
-from tsa_core.sparse.minference.naive import (MInferenceParams, minference_pattern_naive,
+from tsa_core.sparse.minference.naive import (MInferenceParams, minference_pattern_naive, select_vertical_slash,
                                               vertical_slash_indices)
 
 SMALL = MInferenceParams(block_size=16, last_q=16, sink_columns=4, local_diagonals=8,
@@ -140,3 +140,28 @@ def test_params_validation():
         MInferenceParams(budget=0.0)
     with pytest.raises(ValueError, match="last_q"):
         MInferenceParams(last_q=0)
+
+
+def test_slash_line_at_a_multiple_of_the_block_size_crosses_one_block_per_row():
+    """Kept distances 0 (forced) and 32 = 2 x bs: the diagonal block and the block two to its
+    left, nothing between or beyond (u = 0 adds no second block)."""
+    prm = MInferenceParams(block_size=16, sink_columns=1, local_diagonals=1, min_vertical=1, min_slash=1,
+                           budget=1 / 16, vertical_share=0.5)
+    assert prm.sizes(64) == (2, 2)
+    vertical, slash = torch.zeros(1, 1, 64), torch.zeros(1, 1, 64)
+    vertical[0, 0, 40] = 1.0
+    slash[0, 0, 32] = 1.0
+    pattern = select_vertical_slash(vertical, slash, prm)
+    assert pattern.block_mask[0, 0].tolist() == [[r - c in (0, 2) for c in range(4)] for r in range(4)]
+    assert pattern.cols[0, 0].tolist() == [0, 40]
+
+
+def test_selection_makes_its_tensors_on_the_profiles_device(gen):
+    """With the default device set to meta, a tensor made without an explicit device lands
+    there (the CPU stand-in for a CUDA run that creates one on the CPU): the CPU selection
+    must still equal the one made under the normal default."""
+    vertical, slash = torch.rand(1, 2, 160, generator=gen), torch.rand(1, 2, 160, generator=gen)
+    want = select_vertical_slash(vertical, slash, SMALL)
+    with torch.device("meta"):
+        got = select_vertical_slash(vertical, slash, SMALL)
+    assert torch.equal(got.block_mask, want.block_mask) and torch.equal(got.cols, want.cols)

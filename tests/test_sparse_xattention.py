@@ -130,3 +130,29 @@ def test_params_validation():
         XAttentionParams(stride=3, block_size=16)
     with pytest.raises(ValueError, match="threshold"):
         XAttentionParams(threshold=0.0)
+
+
+def test_select_blocks_by_hand():
+    """Exact binary fractions, threshold 0.75 (values above the diagonal must be ignored).
+    Row 1: the sink is kept although its score is 0. Row 3: sink + diagonal hold 0.5, block 1
+    brings the mass to 0.75 = threshold x total exactly, so block 2 is not added."""
+    scores = torch.tensor([[1.0, 7.0, 7.0, 7.0],
+                           [0.0, 1.0, 7.0, 7.0],
+                           [0.0, 0.5, 0.5, 7.0],
+                           [0.0, 0.25, 0.25, 0.5]]).view(1, 1, 4, 4)
+    assert select_blocks(scores, 0.75)[0, 0].int().tolist() == [[1, 0, 0, 0],
+                                                                [1, 1, 0, 0],
+                                                                [1, 1, 1, 0],
+                                                                [1, 1, 0, 1]]
+
+
+def test_select_blocks_ties_go_to_the_lower_index_in_long_rows():
+    """Row 19 of 20 equal blocks (CPU torch.sort without stable=True reorders ties from 17
+    entries on): total 20, sink + diagonal = 2, blocks added while the mass before is < 10."""
+    mask = select_blocks(torch.ones(1, 1, 20, 20), 0.5)
+    assert mask[0, 0, 19].nonzero().flatten().tolist() == list(range(9)) + [19]
+
+
+def test_select_blocks_keeps_the_input_device():
+    # the meta device stands in for CUDA: a tensor made on the default device shows up here
+    assert select_blocks(torch.ones(1, 1, 4, 4, device="meta"), 0.9).device.type == "meta"

@@ -68,3 +68,13 @@ def rms_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
     if torch.isnan(a).any() or torch.isnan(b).any():
         return float("inf")
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored afterwards: on a loaded 2-core machine two threads
+    make the tiny models far slower (oversubscription)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -49,16 +49,6 @@ def test_a_profile_without_tau_loads(tmp_path):
     assert load_profile(_profile(tmp_path))["sparse_layers"] == [2, 3]
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread for the run (on a loaded 2-core machine two make the tiny model far slower)."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_ruler_runs_tsa_at_the_profile_tau(tmp_path, capsys, one_thread):
     prof = _profile(tmp_path, tau=0.02)
     rc = main([*RULER, "--sparse-layers", str(prof), "--out-dir", str(tmp_path / "out"),

@@ -35,16 +35,6 @@ def _env():
             "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture
-def one_thread():
-    """Run this process's torch on one thread for the test (see ``_env``), then restore it."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _kill_after(proc, preds_dir: Path, n: int, timeout: float = 240.0) -> Path:
     """SIGKILL ``proc`` as soon as a predictions file under ``preds_dir`` holds ``n`` lines."""
     deadline = time.monotonic() + timeout

@@ -40,7 +40,7 @@ def test_no_command_prints_help_and_exits_2(capsys):
 
 
 def test_demo_runs_on_cpu(capsys):
-    assert main(["demo", "--seq-len", "2k", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
+    assert main(["demo", "--synthetic", "--seq-len", "2k", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
                  "--impl", "naive"]) == 0
     out = capsys.readouterr().out
     assert "kept" in out and "relative L2 error" in out

@@ -313,7 +313,8 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], log: PredictionL
         })
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        if engine is not None:      # warm-up, untimed: kernel compilation and the decode graph capture
+        if engine is not None and engine.device.type == "cuda":   # warm-up, untimed: kernel compilation
+            # and the decode graph capture (nothing of the kind happens on a CPU)
             first = chunks[0][0]
             engine.generate(encode([first]), [int(first["tokens_to_generate"])])
         nxt = pool.submit(encode, chunks[0])

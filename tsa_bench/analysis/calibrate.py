@@ -224,8 +224,9 @@ def profile_dict(result: CalibrationResult, *, model: str, num_layers: int,
     "tau", "layer_set", "source": "calibrate", "max_drop", "criterion", "drop", "drop_hi",
     "speedup", "grid_size", "evaluated": [...], ...extra}``. The keys ``sparse_layers`` and
     ``num_layers`` are what :func:`tsa_bench.hf.layers.load_profile` and the layer resolver
-    read today; ``tau`` is not read by the loaders yet (``ruler`` / ``prefill`` take tau from
-    ``--tau``), so pass the profile's tau explicitly until they do."""
+    read; ``ruler``, ``niah`` and ``prefill`` also take ``tau`` from it when ``--sparse-layers``
+    names the profile and ``--tau`` is not given (``tsa_bench.hf.layers.resolve_tau``); the
+    transformers backend's ``configure_tsa`` does not read it yet."""
     if result.best is None:
         raise ValueError(f"no setting met the budget of {result.max_drop:g} points ({result.criterion} "
                          f"criterion, {len(result.log)} evaluated): there is no profile to write")

@@ -26,7 +26,7 @@ What is different (the speed):
   captured once per ``(B, cap)`` and replayed; the host looks at the generated tokens every
   ``check_every`` steps (one device-to-host copy) to stop when every row is done.
 
-The KV cache is this module's :class:`RowCache`, a ``transformers.Cache`` whose layers write the
+The KV cache is this module's :func:`row_cache`, a ``transformers.Cache`` whose layers write the
 step's key/value at each row's own slot (``scatter_``); it relies only on the ``Cache`` /
 ``CacheLayerMixin`` interface that attention modules call (``update(k, v, layer_idx)``).
 
@@ -38,15 +38,13 @@ divergence.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-
-ENGINE_NAMES = ("hf-generate", "batched")
-
 
 @dataclass
 class Generation:
@@ -100,7 +98,7 @@ class _RowLayer:
     is_sliding = False
     is_croppable = False
 
-    def __init__(self, cache: "RowCache"):
+    def __init__(self, cache):
         self.cache = cache
         self.keys: Optional[torch.Tensor] = None
         self.values: Optional[torch.Tensor] = None
@@ -118,7 +116,7 @@ class _RowLayer:
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if key_states.shape[2] != 1:
-            raise ValueError("RowCache holds decode steps only (one token per row); prefill runs without it")
+            raise ValueError("the decode cache holds decode steps only (one token per row); prefill runs without it")
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         pos = self.cache.pos.view(-1, 1, 1, 1)
@@ -141,28 +139,15 @@ class _RowLayer:
             self.values.zero_()
 
 
-def _cache_base():
-    from transformers.cache_utils import Cache
-    return Cache
+def row_cache(num_layers: int, batch: int, cap: int, device):
+    """The decode cache: an instance of :func:`_row_cache_class` (built on first use, so importing
+    this module does not import transformers)."""
+    return _row_cache_class()(num_layers, batch, cap, device)
 
 
-class RowCache:
-    """Factory for the decode cache (a ``transformers.Cache`` subclass built on first use, so
-    importing this module does not import transformers)."""
-
-    def __new__(cls, num_layers: int, batch: int, cap: int, device):
-        impl = _row_cache_class()
-        return impl(num_layers, batch, cap, device)
-
-
-_ROW_CACHE_CLASS = None
-
-
+@functools.lru_cache(maxsize=1)
 def _row_cache_class():
-    global _ROW_CACHE_CLASS
-    if _ROW_CACHE_CLASS is not None:
-        return _ROW_CACHE_CLASS
-    Cache = _cache_base()
+    from transformers.cache_utils import Cache
 
     class _RowCacheImpl(Cache):
         """Static per-row decode cache: ``pos[b]`` is the slot (= position) row ``b`` writes next."""
@@ -189,7 +174,6 @@ def _row_cache_class():
                 layer.keys[row, :, length - n:length].copy_(k[0])
                 layer.values[row, :, length - n:length].copy_(v[0])
 
-    _ROW_CACHE_CLASS = _RowCacheImpl
     return _RowCacheImpl
 
 
@@ -310,7 +294,7 @@ class _DecodeState:
         self.engine = engine
         self.cap = cap
         B, dev = engine.batch_size, engine.device
-        self.cache = RowCache(engine.num_layers, B, cap, dev)
+        self.cache = row_cache(engine.num_layers, B, cap, dev)
         self.tok = torch.zeros((B, 1), dtype=torch.long, device=dev)
         self.slots = torch.arange(cap, device=dev).view(1, cap)
         self.max_steps = 0

@@ -174,17 +174,13 @@ class PredictionLog:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.done: Dict[str, dict] = {}
         if self.path.exists():
             raw = self.path.read_bytes()
-            keep = raw[: raw.rfind(b"\n") + 1]
-            if len(keep) != len(raw):
+            keep = raw.rfind(b"\n") + 1
+            if keep != len(raw):
                 with open(self.path, "r+b") as f:
-                    f.truncate(len(keep))
-            for line in keep.decode("utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    self.done.setdefault(rec["id"], rec)
+                    f.truncate(keep)
+        self.done: Dict[str, dict] = D.read_records(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = None
 
@@ -747,12 +743,13 @@ def make_engine(args, model, lengths: Sequence[int]):
     return BatchedGreedy(model, batch_size=size)
 
 
-def _shared_log(args, out_dir: Path, key: str, world) -> PredictionLog:
-    """This rank's predictions log: the predictions file itself, or under a multi-rank launch
-    this rank's shard beside it, knowing every record the file and any shard already hold."""
+def _shared_log(args, out_dir: Path, key: str, world) -> Tuple[PredictionLog, Path]:
+    """``(log, predictions path)``: this rank's log is the predictions file itself, or under a
+    multi-rank launch this rank's shard beside it, knowing every record the file and any shard
+    already hold."""
     plog = open_predictions(args, out_dir, key)
     if not world.distributed:
-        return plog
+        return plog, plog.path
     main_path = plog.path
     shard = PredictionLog(D.shard_path(main_path, world))
     known = dict(plog.done)
@@ -761,8 +758,7 @@ def _shared_log(args, out_dir: Path, key: str, world) -> PredictionLog:
             known.setdefault(i, rec)
     for i, rec in known.items():
         shard.done.setdefault(i, rec)
-    shard.main_path = main_path
-    return shard
+    return shard, main_path
 
 
 def _run_loaded(args, tasks, lengths, device, world) -> int:
@@ -792,7 +788,7 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
         configure_method(model, margs, method)
         key_parts, identity, key = run_identity(margs, gen, template, model=model,
                                                 engine="batched" if engine is not None else "hf-generate")
-        plog = _shared_log(margs, out_dir, key, world)
+        plog, pred_path = _shared_log(margs, out_dir, key, world)
         D.barrier(world)                    # every rank has read the files before any appends
         timings: Dict[int, Timing] = {}
         order: List[str] = []
@@ -815,8 +811,8 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
         if not world.is_main:
             continue
         if world.distributed:
-            D.merge_shards(plog.main_path, order)
-            plog = PredictionLog(plog.main_path)
+            D.merge_shards(pred_path, order)
+            plog = PredictionLog(pred_path)
         wanted = set(order)
         records = [r for i, r in plog.done.items() if i in wanted]
         extra = dict(template=template, predictions=str(plog.path), engine=engine_name, ranks=world.size)

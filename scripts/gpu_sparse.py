@@ -296,7 +296,7 @@ def part_setup_methods(run: Run, t_flash):
              "torch", workload="synthetic")
     run.time(lambda: fpk.profiles_triton(q, k, nq, run.scale, slash_mode="skew"), "flexprefill",
              "est_profiles", "triton-skew", workload="synthetic")
-    run.metric("gather_kernel_ok", float(not fpk._GATHER_BROKEN), "flexprefill", "est_profiles",
+    run.metric("gather_kernel_ok", float(fpk.gather_kernel_failure() is None), "flexprefill", "est_profiles",
                backend="triton")
     return ctx
 

@@ -102,6 +102,68 @@ def test_non_monotone_scores_give_the_fastest_feasible_evaluated_setting():
     assert [e.setting.tau for e in res.log] == [0.02, 0.005, 0.01]
 
 
+def test_a_subset_of_the_best_layers_is_searched_only_above_the_best_tau():
+    """"all" is feasible up to TAUS[4]; its subset "sub" at TAUS[4] or below has fewer sparse
+    layers at no larger tau, so it cannot be faster (assumption 3): none of those is evaluated.
+    "sub" is feasible up to TAUS[6], which is then the fastest setting (speed 1.4 vs 1.2)."""
+    calls = []
+
+    def fn(s):
+        calls.append(s)
+        i = TAUS.index(s.tau)
+        limit = 4 if s.layer_set == "all" else 6
+        return (0.0 if i <= limit else 5.0), 0.0, 1.0 + s.tau * len(s.layers)
+
+    res = calibrate(TAUS, {"all": [0, 1, 2, 3], "sub": [2, 3]}, fn, max_drop=1.0)
+    sub = [c.tau for c in calls if c.layer_set == "sub"]
+    assert sub and min(sub) > TAUS[4]
+    assert (res.best.layer_set, res.best.tau) == ("sub", TAUS[6])
+    assert any(m.startswith("sub: taus <= 0.05 not evaluated") for m in res.skipped)
+
+
+def _random_case(rng):
+    """Layer sets over 6 layers (nested and not) with per-layer damage and speed weights:
+    drop = 100 * tau * damage, speed = 1 + tau * (sum of the layers' speed weights): feasibility
+    monotone in tau, speed growing with tau and with every added layer (assumptions 1-3)."""
+    damage = {i: rng.uniform(0.05, 2.0) for i in range(6)}
+    speed = {i: rng.uniform(0.5, 2.0) for i in range(6)}
+    sets = {}
+    while len(sets) < rng.randint(2, 5):
+        layers = sorted(rng.sample(range(6), rng.randint(1, 6)))
+        sets[f"s{len(sets)}"] = layers
+        if rng.random() < 0.5:                             # a nested subset of it, often
+            sets[f"s{len(sets)}"] = layers[rng.randint(0, len(layers) - 1):]
+
+    def fn(s):
+        drop = 100.0 * s.tau * sum(damage[i] for i in s.layers)
+        return drop, drop, 1.0 + s.tau * sum(speed[i] for i in s.layers)
+
+    return sets, fn, rng.uniform(0.1, 6.0)
+
+
+@pytest.mark.parametrize("seed", range(40), ids=[f"case{k}" for k in range(40)])
+def test_random_monotone_grids_give_the_brute_force_optimum(seed):
+    import random
+
+    sets, fn, max_drop = _random_case(random.Random(seed))
+    calls = []
+    res = calibrate(TAUS, sets, lambda s: calls.append(s) or fn(s), max_drop=max_drop)
+    grid = [(fn(Setting(t, tuple(l), n)), t, tuple(sorted(set(l)))) for n, l in sets.items() for t in TAUS]
+    feasible = [(ev[2], t, l) for ev, t, l in grid if ev[0] <= max_drop]
+    if not feasible:
+        assert res.best is None
+    else:
+        top = max(v for v, _, _ in feasible)
+        assert res.best_evaluation.speedup == pytest.approx(top)
+    assert len(calls) <= math.ceil(math.log2(len(TAUS) + 1)) * len(sets)
+
+
+def test_on_evaluation_sees_every_log_entry_in_order():
+    seen = []
+    res = calibrate(TAUS, LAYER_SETS, Toy(), max_drop=1.0, on_evaluation=seen.append)
+    assert seen == list(res.log)
+
+
 def test_a_layer_set_that_cannot_be_faster_is_left_after_one_evaluation():
     def fn(s):        # "fast": feasible up to tau 0.02 (speed 1.4); "slow": never feasible, speed <= 1.2
         fast = s.layer_set == "fast"

@@ -12,6 +12,7 @@ import torch
 import tsa_core.pipeline as pipeline
 from tsa_bench.cli import build_parser, main
 from tsa_bench.commands import demo
+from tsa_bench.commands import ruler as ruler_cmd
 from tsa_bench.provenance import REPO_ROOT
 
 SMALL = ["demo", "--synthetic", "--seq-len", "2k", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
@@ -78,7 +79,8 @@ def _demo_args(*extra):
 def test_ruler_argv_parses_with_the_real_parser(tmp_path, extra, tasks, lens, n):
     r = build_parser().parse_args(demo.ruler_argv(_demo_args(*extra), tmp_path))
     assert r.command == "ruler" and r._run.__module__ == "tsa_bench.commands.ruler"
-    assert (r.model, r.method, r.tau, r.device, r.dtype) == ("smollm2-135m", "dense,tsa", 0.005, "cpu", "fp32")
+    assert (r.model, r.method, r.device, r.dtype) == ("smollm2-135m", "dense,tsa", "cpu", "fp32")
+    assert ruler_cmd.parse_taus(r.tau) == [0.005]
     assert (r.tasks, r.seq_lens, r.num_samples) == (tasks, lens, n)
     assert (r.data, r.words, r.out_dir) == ("generated", "builtin", str(tmp_path))
 

@@ -113,3 +113,70 @@ def test_bad_inputs(llama):
         eng.generate([[]], [3])
     with pytest.raises(ValueError, match="differ in length"):
         eng.generate([[1, 2]], [3, 4])
+
+
+def test_min_cap_gives_every_batch_one_cache_shape(llama):
+    """Batches whose longest request crosses a multiple of ``cap_multiple`` used to get a new
+    decode state (and on CUDA a new graph capture) each time; with ``min_cap`` covering the run
+    they share one, and the tokens are unchanged."""
+    prompts = _prompts(llama.config.vocab_size, seed=4, lengths=(10, 70, 12, 75))
+    max_new = [6, 6, 6, 6]
+    ref = _reference(llama, prompts, max_new)
+    eng = BatchedGreedy(llama, batch_size=2, cap_multiple=64, eos_ids=[])
+    eng.min_cap = 90
+    seen = set()
+    out = []
+    for i in range(0, 4, 2):
+        out += eng.generate(prompts[i:i + 2], max_new[i:i + 2])
+        seen.add(id(eng._state))
+    assert [o.tokens for o in out] == ref
+    assert len(seen) == 1 and eng._state.cap == 128
+    # without min_cap a short batch and a long batch get different cache lengths (a new state)
+    eng = BatchedGreedy(llama, batch_size=2, cap_multiple=64, eos_ids=[])
+    eng.generate([prompts[0]], [6])
+    short = eng._state.cap
+    eng.generate([prompts[1]], [6])
+    assert (short, eng._state.cap) == (64, 128)
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_grouped_decode_attention_equals_repeated_kv(mask_kind):
+    """GQA (6 query heads on 2 KV heads), 3 rows with their own valid lengths, a cache length
+    off every power of two: equal to softmax attention over K/V repeated per query head."""
+    from tsa_bench.hf.attention import grouped_decode_attention
+    g = torch.Generator().manual_seed(0)
+    B, Hq, Hkv, S, D = 3, 6, 2, 37, 8
+    q, k, v = (torch.randn(*shape, generator=g) for shape in ((B, Hq, 1, D), (B, Hkv, S, D), (B, Hkv, S, D)))
+    valid = torch.tensor([5, 37, 20])
+    keep = (torch.arange(S).view(1, S) < valid.view(B, 1)).view(B, 1, 1, S)
+    mask = {"bool": keep, "additive": torch.where(keep, 0.0, float("-inf")), "none": None}[mask_kind]
+    out = grouped_decode_attention(q, k, v, mask, scaling=0.3)
+    kr, vr = (t.repeat_interleave(Hq // Hkv, dim=1).double() for t in (k, v))
+    s = (q.double() @ kr.transpose(-1, -2)) * 0.3
+    if mask is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    ref = (torch.softmax(s, -1) @ vr).transpose(1, 2)
+    assert out.shape == (B, 1, Hq, D)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_engine_with_grouped_decode_equals_generate(llama, gemma, monkeypatch):
+    """The grouped decode path in the engine (tiny Llama with GQA; Gemma-style hybrid with a
+    banded sliding-window mask) runs every decode step and gives generate's tokens; the setting
+    is checked."""
+    import tsa_bench.hf.attention as A
+    calls = []
+    real = A.grouped_decode_attention
+    monkeypatch.setattr(A, "grouped_decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for model, seed in ((llama, 6), (gemma, 7)):
+        prompts = _prompts(model.config.vocab_size, seed=seed)
+        ref = _reference(model, prompts, MAX_NEW)
+        eng = BatchedGreedy(model, batch_size=3, eos_ids=[], decode_attention="grouped")
+        try:
+            calls.clear()
+            assert [o.tokens for o in eng.generate(prompts, MAX_NEW)] == ref
+            assert len(calls) >= model.config.num_hidden_layers * (max(MAX_NEW) - 1)
+        finally:
+            BatchedGreedy(model, batch_size=1, decode_attention="sdpa")
+    with pytest.raises(ValueError, match="decode attention must be one of"):
+        BatchedGreedy(llama, decode_attention="flash")

@@ -31,11 +31,17 @@ def test_figures_draws_the_accuracy_figures_from_the_fixtures(tmp_path, capsys):
     csvs = find_csvs(FIXTURES)
     assert len(csvs) == 3 and all(f"read {p}" in captured.err for p in csvs)
     assert "no latency CSVs given: latency figures skipped" in captured.err
-    assert captured.out.split() == [str(tmp_path / "fig" / name) for name in ACCURACY_PNGS]
+    sens = "accuracy_sensitivity_smollm2-135m_4k.png"         # the fixture's sensitivity rows
+    assert captured.out.split() == [str(tmp_path / "fig" / name) for name in (*ACCURACY_PNGS, sens)]
     df = read_csvs(csvs)
+    from tsa_bench.analysis.figures import layer_sensitivity
+    from tsa_bench.analysis.sensitivity import table_from_rows
+    table, rho = table_from_rows(df, model="smollm2-135m", seq_len=4096)
     want = [score_vs_speedup(df, tmp_path / "want" / ACCURACY_PNGS[0]).path,
-            score_vs_sparsity(df, tmp_path / "want" / ACCURACY_PNGS[1]).path]
-    for name, ref in zip(ACCURACY_PNGS, want):
+            score_vs_sparsity(df, tmp_path / "want" / ACCURACY_PNGS[1]).path,
+            layer_sensitivity(table, tmp_path / "want" / sens, rho=rho,
+                              title="smollm2-135m, 4k: TSA in one layer at a time (paired 95% bootstrap)").path]
+    for name, ref in zip((*ACCURACY_PNGS, sens), want):
         assert (tmp_path / "fig" / name).read_bytes() == ref.read_bytes()
 
 

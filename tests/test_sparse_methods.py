@@ -139,10 +139,10 @@ def test_flex_executor_matches_triton_gpu(name):
 def test_flex_block_mask_holds_the_same_blocks(qkv):
     """The FlexAttention BlockMask built from the lists marks exactly the pattern's blocks
     (diagonal blocks partial, the others full); construction only, no kernel."""
-    from tsa_core.sparse.methods import _flex_block_mask
+    from tsa_core.sparse.methods import flex_block_mask
     q, k, _ = qkv
     pattern = estimate_pattern("xattention", q[:, :, :64], k[:, :, :64], impl="naive", **SMALL["xattention"])
-    bm = _flex_block_mask(pattern, "cpu")
+    bm = flex_block_mask(pattern, "cpu")
     n = pattern.num_blocks
     eye = torch.eye(n, dtype=torch.bool)
     part = torch.zeros_like(pattern.block_mask)

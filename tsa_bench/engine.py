@@ -189,11 +189,13 @@ class BatchedGreedy:
         cap_multiple: the cache length is rounded up to a multiple of this (fewer graph shapes).
         on_prefill: called as ``on_prefill(index)`` right after sample ``index``'s prefill (the
             model's ``last_stats`` then describe that sample).
+        decode_attention: ``"sdpa"`` or ``"grouped"`` (:func:`tsa_bench.hf.attention.grouped_decode_attention`,
+            models loaded with the ``"tsa"`` attention only); None leaves the model as it is.
     """
 
     def __init__(self, model, *, batch_size: int = 16, cuda_graphs: bool = True, check_every: int = 8,
                  cap_multiple: int = 256, eos_ids: Optional[Sequence[int]] = None,
-                 on_prefill: Optional[Callable[[int], None]] = None):
+                 on_prefill: Optional[Callable[[int], None]] = None, decode_attention: Optional[str] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if check_every < 1:
@@ -211,8 +213,20 @@ class BatchedGreedy:
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.num_layers = int(cfg.num_hidden_layers)
         self.cache_kw = cache_kwarg(model)
+        self.decode_attention = decode_attention or "sdpa"
+        if decode_attention is not None:
+            impl = getattr(model.config, "_attn_implementation", None)
+            if decode_attention != "sdpa" and impl != "tsa":
+                raise ValueError(f"decode_attention={decode_attention!r} needs the model loaded with "
+                                 f"attn_implementation='tsa' (tsa_bench.hf.load_model), not {impl!r}")
+            from tsa_bench.hf.attention import set_decode_attention
+            set_decode_attention(model, decode_attention)
         self._state: Optional[_DecodeState] = None
         self.graph_captures = 0
+        # the smallest cache length a batch gets: a runner that knows the longest prompt and
+        # generation of a run sets it, so every batch shares one cache shape (one graph) instead
+        # of re-capturing whenever a batch's longest request crosses a multiple of cap_multiple
+        self.min_cap = 0
 
     # ------------------------------------------------------------------ public
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: Sequence[int]) -> List[Generation]:
@@ -226,6 +240,17 @@ class BatchedGreedy:
                                                  idx)):
                 out[i] = g
         return out  # type: ignore[return-value]
+
+    def warm_prefill(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Run the prefill of each prompt and discard it (no decode): compiles the kernels a
+        prompt length needs (Triton specialises integer arguments by divisibility, so lengths
+        of different residues compile different variants) before anything is timed."""
+        with torch.inference_mode():
+            for p in prompts:
+                if len(p) < 1:
+                    raise ValueError("empty prompt")
+                self._prefill(p)
+        self._sync()
 
     # ------------------------------------------------------------------ internals
     def _sync(self):
@@ -254,7 +279,7 @@ class BatchedGreedy:
             if len(p) < 1:
                 raise ValueError("empty prompt")
         # every row runs as many steps as the longest request (plus the capture's warm-up steps)
-        need = max(len(p) for p in prompts) + max(max_new) + 3
+        need = max(max(len(p) for p in prompts) + max(max_new) + 3, int(self.min_cap))
         cap = int(math.ceil(need / self.cap_multiple) * self.cap_multiple)
         st = self._state_for(cap)
         n_real = len(prompts)

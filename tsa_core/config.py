@@ -1,6 +1,7 @@
 """Frozen, validated TSA configuration."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -26,6 +27,11 @@ class TSAConfig:
             Used to force a sparsity level in benchmarks (the paper's fixed-ratio ablation).
         sparse_layers: indices of the layers TSA applies to, or ``None`` for "decided by the
             caller" (the transformers integration fills it from a preset or a drift profile).
+        dropped: what a query row whose token was not selected gets as attention output.
+            ``"zero"`` (the paper): exact zeros. ``"local:<w>"`` (``w >= 1``, beyond the paper,
+            see docs/dropped-rows.md): causal attention of that query over the original keys
+            and values at positions ``max(0, i - w + 1) .. i``, same softmax scale. Kept rows,
+            the selection and :class:`~tsa_core.TSAStats` are the same for both.
     """
 
     tau: float = 0.005
@@ -34,6 +40,7 @@ class TSAConfig:
     min_keep: int = 1024
     keep_ratio: Optional[float] = None
     sparse_layers: Optional[Tuple[int, ...]] = field(default=None)
+    dropped: str = "zero"
 
     def __post_init__(self) -> None:
         if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)):
@@ -56,6 +63,12 @@ class TSAConfig:
             if len(set(layers)) != len(layers):
                 raise ValueError(f"sparse_layers has duplicates: {layers}")
             object.__setattr__(self, "sparse_layers", tuple(sorted(layers)))
+        parse_dropped(self.dropped)
+
+    @property
+    def local_window(self) -> int:
+        """``w`` of ``dropped="local:<w>"``; ``0`` when dropped rows stay zero."""
+        return parse_dropped(self.dropped)
 
     @property
     def enabled(self) -> bool:
@@ -68,6 +81,25 @@ class TSAConfig:
 
     def is_sparse_layer(self, layer_idx: int) -> bool:
         return self.sparse_layers is None or layer_idx in self.sparse_layers
+
+
+_LOCAL = re.compile(r"local:([1-9][0-9]*)")
+
+
+def parse_dropped(spec) -> int:
+    """The local window ``w`` of a ``dropped`` spec: ``"zero"`` -> 0, ``"local:<w>"`` -> ``w``.
+
+    ``w`` is written as a positive decimal integer without sign or leading zeros; anything
+    else raises a ValueError naming the field.
+    """
+    if isinstance(spec, str):
+        if spec == "zero":
+            return 0
+        m = _LOCAL.fullmatch(spec)
+        if m:
+            return int(m.group(1))
+    raise ValueError(f"dropped must be 'zero' or 'local:<w>' with w a positive integer "
+                     f"(e.g. 'local:64'), got {spec!r}")
 
 
 def _check_int(name: str, value, lo: int) -> None:

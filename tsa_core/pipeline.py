@@ -23,6 +23,7 @@ import torch
 from tsa_core._checks import check_qkv, check_triton_device, interpreter_on
 from tsa_core.backends import AttentionBackend, get_backend
 from tsa_core.config import TSAConfig
+from tsa_core.dropped import fill_dropped_local
 from tsa_core.gather import (compress_qkv_naive, compress_qkv_triton, decompress_output_naive,
                              decompress_output_triton)
 from tsa_core.scoring import score_window_naive, score_window_triton
@@ -199,16 +200,19 @@ def tsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TSA
 
     Args:
         q: ``[B, Hq, L, D]`` queries after RoPE; k, v: ``[B, Hkv, L, D]`` (any strides).
-        config: :class:`TSAConfig` (tau, window, pooling, min_keep, keep_ratio).
+        config: :class:`TSAConfig` (tau, window, pooling, min_keep, keep_ratio, dropped).
         backend: registry name or entry of the attention kernel run on the kept tokens
             (and on the full sequence when the layer falls back to dense).
         scale: softmax scale, default ``1 / sqrt(D)``.
         impl: ``"auto"``, ``"triton"`` or ``"naive"`` for the TSA ops.
 
     Returns:
-        ``(out, stats)``: ``out [B, L, Hq, D]`` with exact zeros at every (token, head) that
-        was dropped; attention of each kept query over the kept keys at original positions
-        ``<=`` its own. ``stats`` is a :class:`TSAStats`.
+        ``(out, stats)``: ``out [B, L, Hq, D]``: attention of each kept query over the kept
+        keys at original positions ``<=`` its own; at every (token, head) that was dropped,
+        exact zeros (``config.dropped="zero"``) or, with ``"local:<w>"``, that query's causal
+        attention over the original keys ``max(0, i - w + 1) .. i``
+        (:func:`tsa_core.dropped.fill_dropped_local`; kept rows are the same either way).
+        ``stats`` is a :class:`TSAStats` (it describes the selection, whatever ``dropped``).
     """
     B, Hq, Hkv, L, D = check_qkv(q, k, v)
     if not isinstance(config, TSAConfig):
@@ -243,5 +247,7 @@ def tsa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TSA
     qc, kc, vc = ops.compress(q, k, v, order, n_max)
     out_c = be(qc, kc, vc, scale=scale, valid_len=n_kept if B > 1 else None)
     out = ops.decompress(out_c, order, n_kept, L)
+    if config.local_window:
+        fill_dropped_local(out, q, k, v, order, [b + W for b in budget], config.local_window, scale)
     stats = TSAStats(L, W, Hq, False, "", budget, tuple(b + W for b in budget), pruned_mass)
     return out, stats

@@ -4,14 +4,23 @@ within a budget, found with few evaluations, and the layer/tau profile it is sav
 A *setting* is a coverage ``tau`` and a set of sparse layers. ``evaluate(setting)`` runs it on
 calibration samples and returns an :class:`Evaluation`: the drop versus dense in points
 (dense score - method score, positive = points lost), the upper end of its paired bootstrap
-interval, and a speed figure where higher is faster (attention speedup of the sparse layers,
-or ``1 / cost``). A setting is *feasible* when its drop is ``<= max_drop``.
+interval, and a speed figure where higher is faster. A setting is *feasible* when its drop is
+``<= max_drop``.
+
+The speed figure must describe the *whole model*, so that settings with different layer sets
+compare: e.g. the fraction of all full-attention layers' attention map that is skipped, or
+dense / sparse time to first token. A per-layer figure (the speedup of the sparse layers
+alone) does not: one sparse layer at some ``tau`` would look as fast as thirty at that ``tau``,
+and the search would prefer the set that sparsifies least.
 
 Assumptions (the search is exact under them, see :func:`calibrate`):
 
 1. within one layer set, feasibility is monotone in ``tau``: if a ``tau`` is feasible, every
    smaller ``tau`` is (a larger ``tau`` drops more tokens, so it loses at least as much);
-2. within one layer set, the speed increases with ``tau``.
+2. within one layer set, the speed increases with ``tau``;
+3. across layer sets, at the same ``tau`` a set is at least as fast as any of its subsets
+   (every extra sparse layer skips some more of the model's attention): speed grows with the
+   number of sparse layers, which is why the sets are visited largest first.
 
 Real calibration scores are noisy, so (1) can fail by a sample or two. The search then still
 returns a setting that *was measured* feasible and is the fastest of the feasible settings it
@@ -52,7 +61,8 @@ class Setting:
 @dataclass(frozen=True)
 class Evaluation:
     """``drop`` = dense - method score (points); ``drop_hi`` = upper end of the drop's paired
-    bootstrap interval; ``speedup``: higher is faster."""
+    bootstrap interval; ``speedup``: a whole-model speed figure, higher is faster (see the
+    module docstring)."""
     drop: float
     drop_hi: float
     speedup: float
@@ -66,18 +76,23 @@ class Evaluation:
 
     @classmethod
     def from_paired(cls, table: pd.DataFrame, speedup: float, method: Optional[str] = None) -> "Evaluation":
-        """From a :func:`tsa_bench.analysis.paired.compare` table: the headline statistic (the
-        mean over lengths when there are several, else the mean over tasks), ``drop = -diff``,
-        ``drop_hi = -diff_lo``."""
-        t = table if method is None else table[table.method == method]
-        if t.method.nunique() != 1:
-            raise ValueError(f"the table holds methods {sorted(t.method.unique())}; name one with method=")
-        for level in ("mean_lengths", "mean_tasks"):
-            sel = t[t.level == level]
-            if len(sel) == 1:
-                r = sel.iloc[0]
-                return cls(drop=-float(r["diff"]), drop_hi=-float(r["diff_lo"]), speedup=speedup)
-        raise ValueError("the table has no single overall row (level mean_lengths or mean_tasks)")
+        """From a :func:`tsa_bench.analysis.paired.compare` table: its :func:`headline_row`,
+        ``drop = -diff``, ``drop_hi = -diff_lo``."""
+        r = headline_row(table, method)
+        return cls(drop=-float(r["diff"]) + 0.0, drop_hi=-float(r["diff_lo"]) + 0.0, speedup=speedup)   # no -0.0
+
+
+def headline_row(table: pd.DataFrame, method: Optional[str] = None) -> pd.Series:
+    """The overall row of a :func:`tsa_bench.analysis.paired.compare` table for one method: the
+    mean over lengths when there are several, else the mean over tasks."""
+    t = table if method is None else table[table.method == method]
+    if t.method.nunique() != 1:
+        raise ValueError(f"the table holds methods {sorted(t.method.unique())}; name one with method=")
+    for level in ("mean_lengths", "mean_tasks"):
+        sel = t[t.level == level]
+        if len(sel) == 1:
+            return sel.iloc[0]
+    raise ValueError("the table has no single overall row (level mean_lengths or mean_tasks)")
 
 
 @dataclass(frozen=True)
@@ -128,7 +143,8 @@ def _as_evaluation(v: Any, setting: Setting) -> Evaluation:
 def calibrate(taus: Sequence[float], layer_sets: Mapping[str, Sequence[int]],
               evaluate: Callable[[Setting], Union[Evaluation, Tuple[float, float, float]]],
               max_drop: float = 1.0, *, criterion: str = "point",
-              expected_speed: Callable[[Tuple[int, ...]], float] = len) -> CalibrationResult:
+              expected_speed: Callable[[Tuple[int, ...]], float] = len,
+              on_evaluation: Optional[Callable[[LogEntry], None]] = None) -> CalibrationResult:
     """The fastest setting in ``taus`` x ``layer_sets`` whose drop is ``<= max_drop`` points.
 
     ``criterion``: ``"point"`` (default) compares the drop's point estimate with the budget,
@@ -142,20 +158,29 @@ def calibrate(taus: Sequence[float], layer_sets: Mapping[str, Sequence[int]],
     (the issue's acceptance test). Pass ``"upper"`` for a conservative choice.
 
     The search, per layer set (visited in order of ``expected_speed(layers)``, fastest first,
-    ties in the given order), over its ``taus`` sorted ascending: bisection for the largest
-    feasible ``tau`` (assumption 1). ``lo`` = largest index known feasible (start: -1, none),
+    ties in the given order; the default, the number of layers, visits a superset before its
+    subsets), over its ``taus`` sorted ascending: bisection for the largest feasible ``tau``
+    (assumption 1). ``lo`` = largest index at or below which nothing needs evaluating (start: -1),
     ``hi`` = smallest index known infeasible (start: ``len(taus)``, past the end); evaluate
-    ``(lo + hi) // 2`` and move ``lo`` or ``hi`` to it. A set stops early when a measured
-    infeasible ``tau`` is not faster than the best feasible setting found so far: every smaller
-    ``tau`` of the set is slower still (assumption 2), and every larger one is infeasible.
+    ``(lo + hi) // 2`` and move ``lo`` or ``hi`` to it. Two rules cut evaluations:
+
+    * when the best feasible setting so far runs a superset of the set's layers at ``tau_b``,
+      ``lo`` starts at ``tau_b``'s index: the set at ``tau_b`` or below is not faster than the
+      best (assumptions 2 and 3), whether it is feasible or not;
+    * a set stops early when a measured infeasible ``tau`` is not faster than the best so far:
+      every smaller ``tau`` of the set is slower still (assumption 2), and every larger one is
+      infeasible (assumption 1).
 
     Each distinct (tau, layers) is evaluated at most once: at most
     ``ceil(log2(len(taus) + 1))`` evaluations per layer set instead of ``len(taus)`` (3 for the
     issue's five taus), fewer once a fast feasible setting is known.
 
+    ``on_evaluation(entry)`` is called after each evaluation (progress reports).
+
     The result is the fastest feasible setting among those evaluated (ties: the smaller drop,
-    then the earlier evaluation); under assumptions 1 and 2 it is the fastest feasible setting
-    of the whole grid. ``best`` is None when nothing evaluated met the budget.
+    then the earlier evaluation); under assumptions 1 to 3 it is the fastest feasible setting
+    of the whole grid (a subset tying the best's speed at the best's ``tau`` may be left
+    unevaluated). ``best`` is None when nothing evaluated met the budget.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
@@ -193,6 +218,8 @@ def calibrate(taus: Sequence[float], layer_sets: Mapping[str, Sequence[int]],
         seen[key] = e
         if e.feasible and better(e):
             best = e
+        if on_evaluation is not None:
+            on_evaluation(e)
         return e
 
     def not_faster(e: LogEntry) -> bool:
@@ -200,7 +227,11 @@ def calibrate(taus: Sequence[float], layer_sets: Mapping[str, Sequence[int]],
 
     for i in order:
         name, layers = sets[i]
-        lo, hi = -1, len(ts)                # lo: largest known feasible index, hi: smallest infeasible
+        lo, hi = -1, len(ts)                # lo: nothing at or below it can win, hi: smallest infeasible
+        if best is not None and best.setting.layers != layers and set(layers) <= set(best.setting.layers):
+            lo = ts.index(best.setting.tau)
+            skipped.append(f"{name}: taus <= {ts[lo]:g} not evaluated: the best so far ({best.setting.layer_set}, "
+                           f"tau {ts[lo]:g}) sparsifies a superset of its layers, so they are not faster")
         while hi - lo > 1:
             mid = (lo + hi) // 2
             e = run(name, layers, ts[mid])
@@ -225,8 +256,9 @@ def profile_dict(result: CalibrationResult, *, model: str, num_layers: int,
     "speedup", "grid_size", "evaluated": [...], ...extra}``. The keys ``sparse_layers`` and
     ``num_layers`` are what :func:`tsa_bench.hf.layers.load_profile` and the layer resolver
     read; ``ruler``, ``niah`` and ``prefill`` also take ``tau`` from it when ``--sparse-layers``
-    names the profile and ``--tau`` is not given (``tsa_bench.hf.layers.resolve_tau``); the
-    transformers backend's ``configure_tsa`` does not read it yet."""
+    names the profile and ``--tau`` is not given (``tsa_bench.hf.layers.resolve_tau``), and so
+    do ``tsa_bench.hf.load_model`` / ``configure_tsa`` when ``sparse_layers`` names it and no
+    ``tsa_config`` is given."""
     if result.best is None:
         raise ValueError(f"no setting met the budget of {result.max_drop:g} points ({result.criterion} "
                          f"criterion, {len(result.log)} evaluated): there is no profile to write")

@@ -17,7 +17,10 @@ import pandas as pd
 from tsa_bench.analysis.pareto import pareto_mask
 
 SCORE_METRICS = ("score", "score_diff")
-SPEED_METRICS = ("attention_speedup", "attention_sparsity", "keep_fraction", "ttft_speedup")
+# attention_speedup_all_layers (dense / method attention time summed over every layer, `tsa-bench study`)
+# is carried into the points table; the figures plot attention_speedup (the sparse layers)
+SPEED_METRICS = ("attention_speedup", "attention_sparsity", "keep_fraction", "ttft_speedup",
+                 "attention_speedup_all_layers")
 METRICS = SCORE_METRICS + SPEED_METRICS
 POINT_COLUMNS = ["model", "seq_len", "setting", "method", "tau", "layers", "n", "score", "score_lo", "score_hi",
                  "diff", "diff_lo", "diff_hi", "bar_lo", "bar_hi", *SPEED_METRICS, "on_frontier"]

@@ -62,10 +62,29 @@ def accuracy_figures(files: Sequence[Path], out: Path) -> List[Path]:
 
     try:
         df = read_csvs(files)
-        return [score_vs_speedup(df, out / ACCURACY_FIGURES[0]).path,
-                score_vs_sparsity(df, out / ACCURACY_FIGURES[1]).path]
+        written = [score_vs_speedup(df, out / ACCURACY_FIGURES[0]).path,
+                   score_vs_sparsity(df, out / ACCURACY_FIGURES[1]).path]
+        written += sensitivity_figures(df, out)
+        return written
     except (ValueError, KeyError) as exc:
         raise UsageError(f"--accuracy: cannot draw the accuracy figures from {len(files)} CSVs: {exc}") from None
+
+
+def sensitivity_figures(df, out: Path) -> List[Path]:
+    """One per-layer sensitivity figure (``tsa-bench study sensitivity`` rows: ``layer_drop``,
+    ``layer_drift``) per model and length, ``accuracy_sensitivity_<model>_<len>.png``; none
+    when the CSVs hold no such rows."""
+    from tsa_bench.analysis.figures import layer_sensitivity
+    from tsa_bench.analysis.sensitivity import table_from_rows
+
+    rows = df[df["metric"] == "layer_drop"] if "metric" in df.columns else df.iloc[:0]
+    written = []
+    for (model, L), _ in sorted(rows.groupby(["model", "seq_len"])):
+        table, rho = table_from_rows(df, model=model, seq_len=L)
+        name = f"accuracy_sensitivity_{str(model).replace('/', '_')}_{int(L) // 1024}k.png"
+        title = f"{model}, {int(L) // 1024}k: TSA in one layer at a time (paired 95% bootstrap)"
+        written.append(layer_sensitivity(table, out / name, rho=rho, title=title).path)
+    return written
 
 
 def run(args) -> int:

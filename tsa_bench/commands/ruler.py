@@ -16,7 +16,9 @@ loop's wall time are both recorded, so every run reports its own overhead.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -62,18 +64,27 @@ def add_model_arguments(p) -> None:
     p.add_argument("--method", default="tsa",
                    help="dense | tsa | <backend> | <backend>+tsa, or a comma list run one after the other on the "
                         "same samples with the model loaded once (default tsa)")
-    p.add_argument("--tau", type=float, default=None,
+    p.add_argument("--tau", default=None,
                    help="TSA token coverage (default: the tau saved in the --sparse-layers profile, else the "
-                        "preset's, else 0.005)")
+                        "preset's, else 0.005); ruler takes a comma list, each TSA method then runs once per tau")
     add_model_load_arguments(p)
     p.add_argument("--dense-backend", default="sdpa", help="dense kernel from the registry (default sdpa)")
-    p.add_argument("--sparse-layers", default=None, help="layers running TSA (default: preset / profile)")
+    p.add_argument("--dropped", default="zero",
+                   help="output of the query rows TSA drops: zero (the paper) or local:<w> (attention over the "
+                        "last w keys; docs/dropped-rows.md). Kept rows are unchanged")
+    p.add_argument("--sparse-layers", default=None,
+                   help="layers running TSA: '15-29', 'half', 'auto' or a profile JSON (default: preset / profile); "
+                        "ruler takes several sets separated by ';', each optionally named 'name=spec' "
+                        "(e.g. 'half;drift=results/layers/x.json'): each TSA method runs once per set")
     p.add_argument("--out-dir", default=None, help="CSV directory (default results/<command>)")
     p.add_argument("--predictions", default=None, help="predictions JSONL (default: derived from the config)")
     p.add_argument("--engine", default="batched", choices=["batched", "hf-generate"],
                    help="greedy decoding: batched = per-sample prefill, batched decode replayed as a CUDA graph "
                         "(tsa_bench.engine; equals generate token for token up to bf16 near-ties); hf-generate = "
                         "plain model.generate, one sample at a time (default batched)")
+    p.add_argument("--decode-attention", default="sdpa", choices=["sdpa", "grouped"],
+                   help="batched engine's decode attention: sdpa (transformers' SDPA, K/V repeated per query head) "
+                        "or grouped (the query heads of a KV group in one product, K/V read once; fp32 scores)")
     p.add_argument("--batch-size", default="auto",
                    help="decode rows of the batched engine (default auto: up to 16, as GPU memory allows)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -312,7 +323,9 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], log: PredictionL
         if engine is not None and engine.device.type == "cuda":   # warm-up, untimed: kernel compilation
             # and the decode graph capture (nothing of the kind happens on a CPU)
             first = chunks[0][0]
-            engine.generate(encode([first]), [int(first["tokens_to_generate"])])
+            ids = encode([first])
+            engine.generate(ids, [int(first["tokens_to_generate"])])
+            engine.warm_prefill(warm_variants(ids[0]))
         nxt = pool.submit(encode, chunks[0])
         t_loop = time.perf_counter()
         for c, chunk in enumerate(chunks):
@@ -350,20 +363,37 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], log: PredictionL
     return timing
 
 
+WARM_TRIMS = (1, 2, 3, 5, 8, 13, 16, 31)
+
+
+def warm_variants(ids: Sequence[int]) -> List[List[int]]:
+    """The prompt cut short by each of :data:`WARM_TRIMS` tokens: prompt lengths (and so kept-token
+    counts) of many residues mod 16, so the Triton kernels compile their variants in the warm-up
+    instead of inside a timed sample (a 4 s compile once showed up as a 0.006 s/sample bias)."""
+    return [list(ids[: len(ids) - k]) for k in WARM_TRIMS if len(ids) - k >= 1]
+
+
 def tsa_stats_fn(model):
     """``stats_fn`` for :func:`evaluate_samples`: the last prefill's TSA statistics per sparse layer
-    (``{"tsa_layers": {layer: [keep fraction, attention-map sparsity]}}``, batch element 0),
-    or ``{}`` when the model's method runs no TSA."""
-    from tsa_bench.hf import last_stats, tsa_plan
+    (``"tsa_layers": {layer: [keep fraction, attention-map sparsity]}``, batch element 0; absent
+    when the method runs no TSA) and, when attention timing is on (CUDA,
+    :func:`tsa_bench.hf.set_attention_timing`), every layer's prefill attention time
+    (``"attn_ms": {layer: ms}``, CUDA events around the whole attention call)."""
+    from tsa_bench.hf import attention_times, last_stats, tsa_plan
 
     layers = tsa_plan(model).sparse_layers
 
     def fn() -> dict:
+        out = {}
+        times = attention_times(model)           # empty unless timing is on (CUDA)
+        if times:
+            out["attn_ms"] = {str(i): round(ms, 4) for i, ms in times.items()}
         if not layers:
-            return {}
+            return out
         st = last_stats(model)
-        return {"tsa_layers": {str(i): [round(st[i].keep_fraction[0], 5), round(st[i].sparsity[0], 5)]
-                               for i in layers if i in st}}
+        out["tsa_layers"] = {str(i): [round(st[i].keep_fraction[0], 5), round(st[i].sparsity[0], 5)]
+                             for i in layers if i in st}
+        return out
 
     return fn
 
@@ -452,16 +482,42 @@ def run_key(parts: dict) -> str:
 
 # --------------------------------------------------------------------------- command
 
+_KEPT_MODELS: Optional[Dict[tuple, tuple]] = None
+
+
+@contextlib.contextmanager
+def keep_models():
+    """Within this block, :func:`run` loads each model once and reuses it in later calls with
+    the same model, weights, dtype, device, RoPE scaling and dense backend (every arm
+    reconfigures the method anyway). For callers that run many evaluations in one process
+    (``tsa-bench calibrate``); the models are released when the block ends."""
+    global _KEPT_MODELS
+    outer = _KEPT_MODELS
+    _KEPT_MODELS = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        if outer is None:
+            _KEPT_MODELS = None
+
+
 def _load_model(args, device):
     try:
         from tsa_bench.hf import load_model
     except ImportError as exc:
         raise UsageError(f"the transformers integration (tsa_bench.hf) is not available: {exc}") from None
     from tsa_core import TSAConfig
-    cfg = TSAConfig(tau=args.tau) if uses_tsa(args.method) else None
-    return load_model(args.model, method=args.method, tsa_config=cfg, dense_backend=args.dense_backend,
-                      weights=args.weights, dtype=args.dtype, device=device,
-                      sparse_layers=args.sparse_layers, rope_scaling=getattr(args, "rope_scaling", None))
+    key = (str(args.model), args.weights, args.dtype, str(device), str(getattr(args, "rope_scaling", None)),
+           args.dense_backend)
+    if _KEPT_MODELS is not None and key in _KEPT_MODELS:
+        return _KEPT_MODELS[key]
+    cfg = _tsa_config(args) if uses_tsa(args.method) else None
+    loaded = load_model(args.model, method=args.method, tsa_config=cfg, dense_backend=args.dense_backend,
+                        weights=args.weights, dtype=args.dtype, device=device,
+                        sparse_layers=args.sparse_layers, rope_scaling=getattr(args, "rope_scaling", None))
+    if _KEPT_MODELS is not None:
+        _KEPT_MODELS[key] = loaded
+    return loaded
 
 
 def _gen_config(args, template):
@@ -497,9 +553,122 @@ def _bench_generate(args, tasks, lengths) -> int:
     return 0
 
 
-def check_common(args) -> None:
-    if args.tau is not None and not 0.0 <= args.tau < 1.0:
-        raise UsageError(f"--tau must be in [0, 1), got {args.tau}")
+def parse_taus(value) -> List[Optional[float]]:
+    """``--tau`` as a list: ``None`` -> ``[None]`` (resolved later), ``0.005`` or ``"0.002,0.005"``
+    -> floats in [0, 1), duplicates dropped, order kept. A bad entry is a UsageError."""
+    if value is None:
+        return [None]
+    parts = [value] if isinstance(value, (int, float)) else [v.strip() for v in str(value).split(",") if v.strip()]
+    if not parts:
+        raise UsageError("--tau is empty")
+    out: List[Optional[float]] = []
+    for v in parts:
+        try:
+            t = float(v)
+        except ValueError:
+            raise UsageError(f"--tau: {v!r} is not a number") from None
+        if not 0.0 <= t < 1.0:
+            raise UsageError(f"--tau must be in [0, 1), got {t:g}")
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def parse_layer_sets(value) -> List[Tuple[str, Optional[str]]]:
+    """``--sparse-layers`` as ``[(label, spec)]``: sets separated by ``;``, each ``spec`` or
+    ``name=spec``. Without a name the label is the spec itself, or a profile file's stem.
+    ``None`` -> ``[("", None)]`` (the preset's / profile's default set)."""
+    if value is None:
+        return [("", None)]
+    out: List[Tuple[str, Optional[str]]] = []
+    for part in str(value).split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, spec = part.partition("=")
+        if eq and not name.strip():
+            raise UsageError(f"--sparse-layers: {part!r} has an empty name before '='")
+        label, spec = (name.strip(), spec.strip()) if eq else ("", part)
+        if not spec:
+            raise UsageError(f"--sparse-layers: {part!r} has no layer spec")
+        if not label:
+            label = Path(spec).stem if spec.lower().endswith(".json") else spec
+        if label in [l for l, _ in out]:
+            raise UsageError(f"--sparse-layers: two sets are named {label!r}")
+        out.append((label, spec))
+    if not out:
+        raise UsageError("--sparse-layers is empty")
+    return out
+
+
+def _tsa_config(args):
+    """``TSAConfig`` from ``--tau`` and ``--dropped`` (a bad ``--dropped`` is a UsageError)."""
+    from tsa_core import TSAConfig
+    try:
+        return TSAConfig(tau=args.tau, dropped=getattr(args, "dropped", "zero"))
+    except ValueError as exc:
+        raise UsageError(f"--dropped: {exc}") from None
+
+
+def check_common(args, several: bool = False) -> None:
+    """Validate ``--tau`` / ``--sparse-layers``; keep their lists on ``args.tau_list`` /
+    ``args.layer_sets`` and the first of each on ``args.tau`` / ``args.sparse_layers`` /
+    ``args.layers_label``. Unless ``several``, more than one of either is a UsageError."""
+    if not hasattr(args, "tau_list"):
+        args.tau_list = parse_taus(args.tau)
+        args.layer_sets = parse_layer_sets(args.sparse_layers)
+    if not several:
+        for flag, vals in (("--tau", args.tau_list), ("--sparse-layers", args.layer_sets)):
+            if len(vals) > 1:
+                raise UsageError(f"{flag}: this command takes one value (got {len(vals)}); ruler runs lists")
+    args.tau = args.tau_list[0]
+    args.layers_label, args.sparse_layers = args.layer_sets[0]
+    if getattr(args, "dropped", "zero") != "zero":
+        from tsa_core.config import parse_dropped
+        try:
+            parse_dropped(args.dropped)
+        except ValueError as exc:
+            raise UsageError(f"--dropped: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration run on the samples: a method, and for TSA methods a tau and a layer set."""
+    method: str
+    tau: Optional[float] = None
+    sparse_layers: Optional[str] = None
+    layers_label: str = ""
+
+    def label(self) -> str:
+        parts = [self.method]
+        if uses_tsa(self.method):
+            parts.append(f"tau={self.tau:g}" if self.tau is not None else "tau=default")
+            if self.layers_label:
+                parts.append(self.layers_label)
+        return " ".join(parts)
+
+
+def arms_of(args) -> List[Arm]:
+    """Every (method, tau, layer set) the command runs, in order: each method of ``--method``;
+    a TSA method once per layer set and per tau (sets outer), any other method once."""
+    out: List[Arm] = []
+    for m in methods_of(args):
+        if uses_tsa(m):
+            for label, spec in args.layer_sets:
+                for tau in args.tau_list:
+                    out.append(Arm(m, tau, spec, label))
+        else:
+            out.append(Arm(m))
+    return out
+
+
+def arm_args(args, arm: Arm):
+    """A copy of ``args`` set up for one arm (its tau resolved: --tau > profile > preset > 0.005)."""
+    a = copy.copy(args)
+    a.method, a.tau, a.sparse_layers, a.layers_label = arm.method, arm.tau, arm.sparse_layers, arm.layers_label
+    if getattr(args, "model", None) is not None:
+        a.tau = resolve_tau(a)
+    return a
 
 
 def resolve_tau(args) -> float:
@@ -543,9 +712,11 @@ def weights_fingerprint(model_arg, model=None) -> Optional[str]:
     and the loaded model's ``config._name_or_path`` (a weights file, or a folder whose
     ``*.safetensors``/``*.bin``/``*.gguf``/``*.pt``/``*.pth``/``*.ckpt`` files and
     ``config.json`` are taken), the resolved path, size and mtime of each file; and the hub
-    commit transformers records for a downloaded checkpoint. Hashed to 16 hex digits; ``None``
-    when there is neither (a preset name with random weights). Copying or touching the files
-    changes it (a fresh predictions file, never a wrong resume)."""
+    commit transformers records for a downloaded checkpoint. Files up to 2 GiB (a GGUF of a
+    small model) count by name and content hash, so the same file joined again on another
+    machine resumes; larger ones by resolved path, size and mtime (copying or touching them
+    starts a fresh predictions file, never a wrong resume). Hashed to 16 hex digits; ``None``
+    when there is neither (a preset name with random weights)."""
     config = getattr(model, "config", None)
     parts = []
     commit = getattr(config, "_commit_hash", None)
@@ -560,8 +731,23 @@ def weights_fingerprint(model_arg, model=None) -> Optional[str]:
             f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name == "config.json"))
         for f in files:
             st = f.stat()
-            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+            if st.st_size <= _HASH_CONTENT_UP_TO:      # content: the same file copied elsewhere resumes
+                parts.append(f"{f.name}:sha256:{_file_sha256(str(f), st.st_size, st.st_mtime_ns)}")
+            else:
+                parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16] if parts else None
+
+
+_HASH_CONTENT_UP_TO = 2 << 30
+
+
+@functools.lru_cache(maxsize=32)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def run_identity(args, gen, template: str, model=None, engine: str = "hf-generate") -> Tuple[dict, dict, str]:
@@ -654,7 +840,7 @@ def run(args) -> int:
 
     lengths = parse_lengths(args.seq_lens or ("4k..128k" if args.bench_generate else "4k"))
     tasks = resolve_tasks(args.tasks)
-    check_common(args)
+    check_common(args, several=True)
     if args.num_samples < 1:
         raise UsageError(f"-n must be >= 1, got {args.num_samples}")
     if min(lengths) < 256:
@@ -664,6 +850,8 @@ def run(args) -> int:
     if not (args.model is None and args.generate_only and args.tokenizer):
         resolve_model_arg(args, lengths)      # default model (SmolLM2 <= 8K, Gemma-3-270M <= 32K), context check
         args.tau = resolve_tau(args)
+        for arm in arms_of(args):            # a bad profile or tau in any arm fails before anything loads
+            arm_args(args, arm)
     device = resolve_device(args.device)
     from tsa_bench.hf.attention import parse_method
     for m in methods_of(args):               # an unknown method fails before anything loads
@@ -677,6 +865,11 @@ def run(args) -> int:
               f"-> {len(tasks) * len(lengths) * args.num_samples} samples")
         print(f"template {args.template}, data {args.data}, words {args.words}, seed {args.seed}, "
               f"tokenizer {args.tokenizer or '(the model s)'}")
+        arms = arms_of(args)
+        if len(arms) > 1:
+            print(f"{len(arms)} configurations, one after the other on the same samples:")
+            for arm in arms:
+                print(f"  {arm.label()}" + (f" (tau {arm_args(args, arm).tau:g})" if uses_tsa(arm.method) else ""))
         return 0
 
     # cuBLAS picks its kernels per stream and workspace; a fixed workspace makes the bf16 GEMMs
@@ -725,10 +918,18 @@ def configure_method(model, args, method: str):
     """Switch the loaded model to ``method`` (no reload); returns the plan."""
     from tsa_bench.hf import configure_tsa
     from tsa_core import TSAConfig
-    cfg = TSAConfig(tau=args.tau) if uses_tsa(method) else None
+    cfg = _tsa_config(args) if uses_tsa(method) else None
     return configure_tsa(model, method=method, tsa_config=cfg, dense_backend=args.dense_backend,
                          sparse_layers=args.sparse_layers if uses_tsa(method) else None,
                          model_name=_model_name(args), weights=args.weights)
+
+
+def engine_key(engine) -> str:
+    """What decodes, for the run key: ``hf-generate``, ``batched`` (SDPA decode) or
+    ``batched-grouped`` (a different decode attention: different bf16 near-ties)."""
+    if engine is None:
+        return "hf-generate"
+    return "batched" if engine.decode_attention == "sdpa" else f"batched-{engine.decode_attention}"
 
 
 def make_engine(args, model, lengths: Sequence[int]):
@@ -740,7 +941,7 @@ def make_engine(args, model, lengths: Sequence[int]):
         size = auto_batch_size(model, max(lengths) + 256, getattr(args, "batch_size", "auto"))
     except ValueError as exc:
         raise UsageError(f"--batch-size: {exc}") from None
-    return BatchedGreedy(model, batch_size=size)
+    return BatchedGreedy(model, batch_size=size, decode_attention=getattr(args, "decode_attention", None))
 
 
 def _shared_log(args, out_dir: Path, key: str, world) -> Tuple[PredictionLog, Path]:
@@ -765,9 +966,8 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
     from tasks.ruler.tasks import TASKS
     from tsa_bench.provenance import REPO_ROOT
 
-    methods = methods_of(args)
-    first = copy.copy(args)
-    first.method = methods[0]
+    arms = arms_of(args)
+    first = arm_args(args, arms[0])
     if world.distributed and not world.is_main:
         D.barrier(world)                    # rank 0 generates (and caches) the samples first
     model, tok, template, gen = setup(first, device, need_model=not args.generate_only)
@@ -780,14 +980,20 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
                 print(gen.path(t, L))
         return 0
     engine = make_engine(args, model, lengths)
-    engine_name = "hf-generate" if engine is None else f"batched-b{engine.batch_size}"
+    if str(device).startswith("cuda"):
+        from tsa_bench.hf import set_attention_timing
+        set_attention_timing(model)         # per-layer prefill attention time in every prediction record
+    engine_name = "hf-generate" if engine is None else \
+        f"{engine_key(engine)}-b{engine.batch_size}"
     out_dir = Path(args.out_dir) if args.out_dir else REPO_ROOT / "results" / "ruler"
-    for method in methods:
-        margs = copy.copy(args)
-        margs.method = method
+    for n_arm, arm in enumerate(arms, 1):
+        margs = arm_args(args, arm)
+        method = arm.method
+        if len(arms) > 1 and world.is_main:
+            print(f"== [{n_arm}/{len(arms)}] {arm.label()}" + (f" (tau {margs.tau:g})" if uses_tsa(method) else ""),
+                  file=sys.stderr)
         configure_method(model, margs, method)
-        key_parts, identity, key = run_identity(margs, gen, template, model=model,
-                                                engine="batched" if engine is not None else "hf-generate")
+        key_parts, identity, key = run_identity(margs, gen, template, model=model, engine=engine_key(engine))
         plog, pred_path = _shared_log(margs, out_dir, key, world)
         D.barrier(world)                    # every rank has read the files before any appends
         timings: Dict[int, Timing] = {}
@@ -800,6 +1006,8 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
                 for s in samples:            # a changed prompt is refused on every rank alike
                     plog.verify(s, prompt_sha(s))
                 mine = D.take([s for s in samples if s["id"] not in plog.done], world)
+                if engine is not None:       # one decode cache shape (one CUDA graph) per length
+                    engine.min_cap = L + max(int(s["tokens_to_generate"]) for s in samples) + 3
                 timings[L] = evaluate_samples(model, tok, mine, plog, device=device,
                                               progress=not args.no_progress, engine=engine, stats_fn=stats_fn,
                                               desc=f"ruler {fmt_length(L)} {method}"
@@ -815,7 +1023,8 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
             plog = PredictionLog(pred_path)
         wanted = set(order)
         records = [r for i, r in plog.done.items() if i in wanted]
-        extra = dict(template=template, predictions=str(plog.path), engine=engine_name, ranks=world.size)
+        extra = dict(template=template, predictions=str(plog.path), engine=engine_name, ranks=world.size,
+                     layers=margs.layers_label if uses_tsa(method) else "", setting=arm.label())
         rows, table = score_rows(records, tasks, lengths, identity, extra)
         rows += tsa_rows(records, lengths, identity, extra)
         rows += timing_rows(timings, identity, extra)
@@ -824,7 +1033,9 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
                   "data_sources": sorted({gen.corpora.source_of(TASKS[t]) for t in tasks})}
         print()
         print(f"RULER score (%), {args.model}, method {method}"
-              + (f", tau {args.tau}" if uses_tsa(method) else "") + f", template {template}, n={args.num_samples}")
+              + (f", tau {margs.tau:g}" if uses_tsa(method) else "")
+              + (f", layers {margs.layers_label}" if uses_tsa(method) and margs.layers_label else "")
+              + f", template {template}, n={args.num_samples}")
         print(table.to_string())
         print_timings(timings, world.size)
         print(write_results("ruler", rows, config, device, out_dir, key))

@@ -9,14 +9,17 @@
 
 Importing this package imports neither transformers nor CUDA; the functions do.
 """
-from tsa_bench.hf.attention import (ATTN_NAME, TSAPlan, clear_stats, last_stats, register_tsa_attention,
-                                    summarize_stats, tsa_attention_forward)
+from tsa_bench.hf.attention import (ATTN_NAME, TSAPlan, attention_times, clear_stats, last_stats,
+                                    register_tsa_attention, set_attention_timing, set_decode_attention,
+                                    summarize_stats,
+                                    tsa_attention_forward)
 from tsa_bench.hf.loading import configure_tsa, load_model, resolve_sparse_layers, tsa_plan
 from tsa_bench.hf.presets import Preset, find_preset, presets
 
 __all__ = [
     "ATTN_NAME",
     "TSAPlan",
+    "attention_times",
     "clear_stats",
     "configure_tsa",
     "find_preset",
@@ -26,6 +29,8 @@ __all__ = [
     "presets",
     "register_tsa_attention",
     "resolve_sparse_layers",
+    "set_attention_timing",
+    "set_decode_attention",
     "summarize_stats",
     "tsa_attention_forward",
     "tsa_plan",

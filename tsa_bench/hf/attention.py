@@ -43,7 +43,7 @@ from tsa_core.backends import get_backend
 ATTN_NAME = "tsa"
 SETTINGS_ATTR = "tsa_settings"
 _STATS_ATTR = "tsa_last_stats"
-_TSA_FIELDS = ("tau", "window", "pool_kernel", "min_keep", "keep_ratio")
+_TSA_FIELDS = ("tau", "window", "pool_kernel", "min_keep", "keep_ratio", "dropped")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ class TSAPlan:
 
 
 def _tsa_fields(cfg: TSAConfig) -> Dict[str, Any]:
-    return {f: getattr(cfg, f) for f in _TSA_FIELDS}
+    # dropped="zero" (the default, the paper) is left out, so the settings, and the ruler run
+    # keys hashed from them, of every run made before the field existed stay the same
+    return {f: getattr(cfg, f) for f in _TSA_FIELDS if not (f == "dropped" and cfg.dropped == "zero")}
 
 
 def parse_method(method: str, dense_backend: str) -> Tuple[str, str, bool]:
@@ -144,10 +146,100 @@ def _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, *
                                   scaling=scaling, **kwargs)
 
 
+_TIMING_ATTR = "tsa_time_prefill"
+_EVENTS_ATTR = "tsa_prefill_events"
+
+
+def set_attention_timing(model: torch.nn.Module, on: bool = True) -> None:
+    """Record CUDA events around every layer's *prefill* attention call (``Lq == Lk > 1``), the
+    whole call: TSA's scoring, selection, gather, kernel and scatter, or the dense kernel. Read
+    them with :func:`attention_times` after the prefill has been synchronised. Decode steps are
+    not timed (they may run inside a CUDA graph). No effect on CPU tensors."""
+    for _, mod in attention_modules(model):
+        if on:
+            mod.__dict__[_TIMING_ATTR] = True
+        else:
+            mod.__dict__.pop(_TIMING_ATTR, None)
+            mod.__dict__.pop(_EVENTS_ATTR, None)
+
+
+def attention_times(model: torch.nn.Module) -> Dict[int, float]:
+    """Milliseconds of each layer's last timed prefill attention call (see
+    :func:`set_attention_timing`); call after ``torch.cuda.synchronize()``. The events are
+    consumed: a layer is reported once per prefill."""
+    out: Dict[int, float] = {}
+    for idx, mod in attention_modules(model):
+        ev = mod.__dict__.pop(_EVENTS_ATTR, None)
+        if ev is not None:
+            out[idx] = float(ev[0].elapsed_time(ev[1]))
+    return dict(sorted(out.items()))
+
+
+_DECODE_ATTR = "tsa_decode_attention"
+DECODE_ATTENTION = ("sdpa", "grouped")
+
+
+def set_decode_attention(model: torch.nn.Module, kind: str = "sdpa") -> None:
+    """How decode steps (one query per row) attend: ``"sdpa"`` (transformers' SDPA function:
+    K/V repeated to the query heads, torch's kernel choice) or ``"grouped"``
+    (:func:`grouped_decode_attention`). Prefill is not affected."""
+    if kind not in DECODE_ATTENTION:
+        raise ValueError(f"decode attention must be one of {DECODE_ATTENTION}, got {kind!r}")
+    for _, mod in attention_modules(model):
+        mod.__dict__[_DECODE_ATTR] = kind
+
+
+def grouped_decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             mask: Optional[torch.Tensor], scaling: Optional[float]) -> torch.Tensor:
+    """One decode step of GQA attention without repeating K/V: the ``G = Hq / Hkv`` query heads
+    of a group become the query axis of one product with their KV head (query head ``h`` uses KV
+    head ``h // G``, as ``repeat_kv``), so K and V are read once per KV head.
+
+    ``query [B, Hq, 1, D]``, ``key/value [B, Hkv, S, D]``, ``mask`` ``None``, boolean
+    (True = attend) or additive, broadcastable to ``[B, 1, 1, S]``. Scores and softmax in fp32
+    (on CUDA the half-precision product writes fp32 directly), probabilities cast to V's dtype
+    for the second product. Returns ``[B, 1, Hq, D]``.
+    """
+    B, Hq, Lq, D = query.shape
+    Hkv, S = key.shape[1], key.shape[2]
+    if Lq != 1 or Hq % Hkv:
+        raise ValueError(f"grouped decode attention takes one query per row and Hq % Hkv == 0, got "
+                         f"query {tuple(query.shape)}, key {tuple(key.shape)}")
+    G = Hq // Hkv
+    scale = scaling if scaling is not None else D ** -0.5
+    q = query.reshape(B * Hkv, G, D)
+    kt = key.reshape(B * Hkv, S, D).transpose(1, 2)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        s = torch.bmm(q, kt, out_dtype=torch.float32)
+    else:
+        s = torch.bmm(q.float(), kt.float())
+    s = (s * scale).view(B, Hkv, G, S)
+    if mask is not None:
+        m = mask[..., :S]                                   # [B or 1, 1, 1, S]
+        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.float()
+    p = torch.softmax(s, dim=-1).to(value.dtype).view(B * Hkv, G, S)
+    out = torch.bmm(p, value.reshape(B * Hkv, S, value.shape[-1]))
+    return out.view(B, Hq, 1, -1).transpose(1, 2).contiguous()
+
+
 def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                           value: torch.Tensor, attention_mask: Optional[torch.Tensor],
                           dropout: float = 0.0, scaling: Optional[float] = None, **kwargs):
     """The function registered as ``"tsa"`` (see the module docstring for the dispatch)."""
+    if (module.__dict__.get(_TIMING_ATTR) and query.is_cuda and query.shape[2] > 1
+            and query.shape[2] == key.shape[2] and not torch.cuda.is_current_stream_capturing()):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = _dispatch(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        end.record()
+        module.__dict__[_EVENTS_ATTR] = (start, end)
+        return out
+    return _dispatch(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+
+
+def _dispatch(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+              value: torch.Tensor, attention_mask: Optional[torch.Tensor],
+              dropout: float = 0.0, scaling: Optional[float] = None, **kwargs):
     config = module.config
     settings = getattr(config, SETTINGS_ATTR, None)
     if settings is None:
@@ -172,6 +264,8 @@ def tsa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
     window = cfg.window if cfg is not None else 0
 
     if q_len != k_len or q_len == 1:                         # decode / chunked prefill: dense
+        if q_len == 1 and module.__dict__.get(_DECODE_ATTR) == "grouped":
+            return grouped_decode_attention(query, key, value, attention_mask, scaling), None
         return _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
     sparse = plan.is_sparse(layer_idx)

@@ -23,7 +23,7 @@ from tsa_bench.hf.attention import (ATTN_NAME, SETTINGS_ATTR, TSAPlan, clear_sta
 from tsa_bench.hf.checkpoints import (apply_rope_scaling, config_context, pretrained_model, resolve_source,
                                       source_config, source_tokenizer)
 from tsa_bench.hf.layers import (check_full_attention, check_layers, find_profile, full_attention_layers,
-                                 load_profile, parse_layer_spec, second_half)
+                                 load_profile, parse_layer_spec, resolve_tau, second_half)
 from tsa_bench.hf.presets import Preset, find_preset
 
 log = logging.getLogger("tsa_bench.hf")
@@ -154,7 +154,10 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
     """(Re)configure a loaded model: method, TSA hyper-parameters, sparse layers.
 
     ``layer_configs`` maps some sparse layers to their own :class:`TSAConfig` (tau, window,
-    keep ratio, ...); the other sparse layers use ``tsa_config``.
+    keep ratio, ...); the other sparse layers use ``tsa_config``. Without ``tsa_config`` the
+    paper defaults are used with the ``tau`` saved in the profile that ``sparse_layers`` names
+    (``tsa-bench calibrate`` writes one), else the preset's, else 0.005
+    (:func:`~tsa_bench.hf.layers.resolve_tau`).
 
     Cheap (no reload), so a benchmark can switch one model between methods. Stores the
     settings on ``model.config.tsa_settings`` and switches the model to the ``"tsa"``
@@ -172,12 +175,13 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
     preset = find_preset(model_name) if model_name else None
     full = full_attention_layers(config)
     if uses_tsa:
-        cfg = tsa_config or TSAConfig(tau=preset.tau if preset else TSAConfig.tau)
+        # no tsa_config: the tau saved in the sparse_layers profile, else the preset's, else 0.005
+        cfg = tsa_config or TSAConfig(tau=resolve_tau(None, sparse_layers, preset.tau if preset else None)[0])
         layers, source = resolve_sparse_layers(sparse_layers, n_layers, tsa_config=cfg, preset=preset,
                                                model_name=model_name, weights=weights, attention_layers=full)
         check_full_attention(layers, config)
         tsa = TSAConfig(tau=cfg.tau, window=cfg.window, pool_kernel=cfg.pool_kernel, min_keep=cfg.min_keep,
-                        keep_ratio=cfg.keep_ratio, sparse_layers=layers)
+                        keep_ratio=cfg.keep_ratio, dropped=cfg.dropped, sparse_layers=layers)
         overrides = []
         for i, c in sorted((layer_configs or {}).items()):
             if i not in layers:
@@ -219,7 +223,8 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
         model: preset name, ``.gguf`` file or a directory holding one, checkpoint directory,
             Hugging Face id (or a transformers config object).
         method: ``"dense"``, ``"tsa"``, ``"<backend>"`` or ``"<backend>+tsa"`` (registry names).
-        tsa_config: TSA hyper-parameters (default: paper defaults, the preset's tau).
+        tsa_config: TSA hyper-parameters (default: paper defaults with the tau saved in the
+            ``sparse_layers`` profile, else the preset's; see :func:`configure_tsa`).
         dense_backend: registry dense kernel used for prefill by ``"dense"`` and ``"tsa"``.
         weights: ``"pretrained"`` (load the checkpoint) or ``"random"`` (build from config).
         dtype, device: where the weights live; random weights are created there directly.

@@ -1,9 +1,10 @@
 """Registry entries of the sparse attention methods (FlexPrefill, XAttention, MInference).
 
-Imported by :mod:`tsa_core.backends` after the dense entries; every entry points lazily at
-:func:`tsa_core.sparse.methods.sparse_attention` with the method (and executor) as options,
-so registering imports neither Triton nor the methods. All entries are ``kind="sparse"``.
-The CPU entries run the PyTorch references (or the Triton kernels under
+Imported by :mod:`tsa_core.backends` after the dense entries; it takes the registry from
+:mod:`tsa_core.backends.registry`, not from the package, so the two do not import each other.
+Every entry points lazily at :func:`tsa_core.sparse.methods.sparse_attention` with the method
+(and executor) as options, so registering imports neither Triton nor the methods. All entries
+are ``kind="sparse"``. The CPU entries run the PyTorch references (or the Triton kernels under
 ``TRITON_INTERPRET=1``); the ``-flex`` entries execute the same block pattern with
 FlexAttention (CUDA only). Block density of the last call: :func:`tsa_core.sparse.last_stats`.
 Other parameters (``gamma``, ``block_size``, ...) via a custom entry, e.g.::
@@ -11,7 +12,7 @@ Other parameters (``gamma``, ``block_size``, ...) via a custom entry, e.g.::
     register_backend(AttentionBackend("flexprefill-g90", _TARGET, kind="sparse",
                      devices=("cpu", "cuda"), options={"method": "flexprefill", "gamma": 0.9}))
 """
-from tsa_core.backends import AttentionBackend, register_backend
+from tsa_core.backends.registry import AttentionBackend, register_backend
 
 _TARGET = "tsa_core.sparse.methods:sparse_attention"
 

@@ -120,8 +120,6 @@ def flex_block_mask(pattern: BlockPattern, device):
         return BlockMask.from_kv_blocks(part_cnt, part_idx, full_cnt, full_idx, **kwargs)
 
 
-_flex_block_mask = flex_block_mask     # the earlier private name, still used by tests
-
 _FLEX = {}
 
 

@@ -120,6 +120,12 @@ def _profile_parts_kernel(
 _GATHER_BROKEN = []   # set once if tl.gather fails to compile on this stack (then: skew buffer)
 
 
+def gather_kernel_failure() -> Optional[str]:
+    """Why the ``tl.gather`` profile kernel failed in this process (the first error's repr), or
+    ``None`` if it has not failed. After a failure ``slash_mode="auto"`` uses the skew buffer."""
+    return _GATHER_BROKEN[0] if _GATHER_BROKEN else None
+
+
 def profiles_triton(q: torch.Tensor, k: torch.Tensor, nq: int, scale: float,
                     slash_mode: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
     """Triton twin of :func:`profiles_naive`: ``(vertical, slash)``, each ``[B, Hq, L]`` fp32.

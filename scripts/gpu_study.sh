@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Accuracy-study GPU session (issues 10 and 12) on a host with one or two GPUs, driven by short
+# device calls while the work runs in the background (setsid job queues, one per GPU).
+#
+# The model files travel in parts (a call carries at most 64 MiB): carry one .carry/<dir>/ per
+# call and stash it; `join` assembles and checks them. Jobs run from a snapshot of the tree in
+# /tmp/repo and write under /tmp/runs; every call ends by packing /tmp/runs and the job logs
+# into $OUT/study.tgz, so a machine lost between calls loses nothing already returned.
+#
+#   bash scripts/gpu_study.sh stash wheels               # call 1: carry .carry/s1 + .whl
+#   bash scripts/gpu_study.sh stash join start           # call 2: carry .carry/s2; queues start
+#   bash scripts/gpu_study.sh stash                      # calls 3..: carry .carry/g1 .. g5 (+ .whl524)
+#   bash scripts/gpu_study.sh stash site524 join gemma   # last part: Gemma joined, its jobs go
+#   bash scripts/gpu_study.sh wait:540                   # later calls: wait (at most N s) and collect
+#
+# Queues (scripts/study_jobs.sh names the jobs): QUEUE0 on GPU 0 and QUEUE1 on GPU 1.
+set -uo pipefail
+: "${OUT:?set OUT}"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=0
+M=/tmp/models
+SMOL=$M/SmolLM2-135M-Instruct.Q4_1.gguf
+GEMMA=$M/gemma-3-270m-q4_k_m.gguf
+SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+QUEUE0=${QUEUE0:-timing smol-4k-tsa final2gpu}
+QUEUE1=${QUEUE1:-engine-check smol-sens gemma smol-4k-sparse}
+
+pack() {
+  mkdir -p /tmp/runs /tmp/jobs
+  tar czf "$OUT/study.tgz" --exclude=cache --exclude='*.pt' -C /tmp runs jobs 2>/dev/null
+  ls -la "$OUT"
+}
+trap pack EXIT
+nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used --format=csv,noheader
+for part in "$@"; do
+  echo "== $part (t=${SECONDS}s)"
+  case "$part" in
+    stash) mkdir -p /tmp/parts && cp -v .carry/*/* /tmp/parts/ 2>/dev/null; ls /tmp/parts ;;
+    wheels) python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl ;;
+    site524) [ -d /tmp/site524 ] || python3 -m pip install -q --no-index --no-deps --no-compile \
+               --target /tmp/site524 .whl524/*.whl ;;
+    join)  mkdir -p $M
+           [ -f $SMOL ] || { cat /tmp/parts/smol.part* > $SMOL && echo "$SMOL_SHA  $SMOL" | sha256sum -c - \
+                              || rm -f $SMOL; }
+           if [ ! -f $GEMMA ] && [ "$(ls /tmp/parts/gem.part* 2>/dev/null | wc -l)" = 5 ]; then
+             cat /tmp/parts/gem.part* > $GEMMA && echo "$GEMMA_SHA  $GEMMA" | sha256sum -c - \
+               && touch $M/gemma.ok || rm -f $GEMMA
+           fi
+           ls -la $M ;;
+    start) rm -rf /tmp/repo && mkdir -p /tmp/repo /tmp/runs /tmp/jobs
+           # the jobs run from a snapshot: carried .snap/ (a tested tree) if present, else this tree
+           if [ -d .snap ]; then cp -r .snap/. /tmp/repo/; else
+             tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.whl524 --exclude=./.git . | tar xf - -C /tmp/repo; fi
+           if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+             setsid nohup bash /tmp/repo/scripts/study_jobs.sh 0 $QUEUE0 > /tmp/jobs/queue0.log 2>&1 < /dev/null &
+             setsid nohup bash /tmp/repo/scripts/study_jobs.sh 1 $QUEUE1 > /tmp/jobs/queue1.log 2>&1 < /dev/null &
+             echo "queue 0: $QUEUE0"; echo "queue 1: $QUEUE1"
+           else
+             touch /tmp/jobs/queue1.done
+             setsid nohup bash /tmp/repo/scripts/study_jobs.sh 0 $QUEUE1 $QUEUE0 > /tmp/jobs/queue0.log 2>&1 < /dev/null &
+             echo "one GPU, queue 0: $QUEUE1 $QUEUE0"
+           fi
+           sleep 5; cat /tmp/jobs/queue*.log ;;
+    wait:*) limit=${part#wait:}; t0=$SECONDS
+           while [ $((SECONDS - t0)) -lt "$limit" ]; do
+             busy=$(ls /tmp/jobs/*.running 2>/dev/null | wc -l)
+             [ "$busy" = 0 ] && [ -f /tmp/jobs/queue0.done ] && { [ -f /tmp/jobs/queue1.done ] || \
+               [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; } && { echo "all queues done"; break; }
+             sleep 10
+           done
+           tail -n 3 /tmp/jobs/*.log 2>/dev/null | grep -v "^$" | tail -40 ;;
+    status) ls -la /tmp/jobs /tmp/runs 2>/dev/null; tail -n 5 /tmp/jobs/*.log 2>/dev/null ;;
+    *) echo "unknown part $part" ;;
+  esac
+done
+nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader
+echo "== end (t=${SECONDS}s)"

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One GPU's job queue for scripts/gpu_study.sh (run detached from /tmp/repo):
+#   bash scripts/study_jobs.sh GPU JOB [JOB ...]
+# Every job writes under /tmp/runs/<job> and logs to /tmp/jobs/<job>.log. Jobs other than
+# `final2gpu` stop at the deadline (DEADLINE_S after the queue starts, default 18 min): the
+# ruler runs resume, so a job cut short loses nothing it has written.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+G=$1; shift
+export PYTHONPATH=.:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export TSA_BENCH_GIT_SHA=${TSA_BENCH_GIT_SHA:-$(cat .study_sha 2>/dev/null || echo unknown)} TSA_BENCH_GIT_DIRTY=0
+M=/tmp/models
+SMOL=$M/SmolLM2-135M-Instruct.Q4_1.gguf
+GEMMA=$M/gemma-3-270m-q4_k_m.gguf
+DRIFT4K=results/layers/smollm2-135m-4k.json
+START=$(date +%s); DEADLINE=$((START + ${DEADLINE_S:-1080}))
+N=${N:-50}
+left() { echo $((DEADLINE - $(date +%s))); }
+decode_attn() { cat /tmp/jobs/decode_attn 2>/dev/null || echo sdpa; }
+RULER="python3 -m tsa_bench ruler --engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
+
+job() {
+  local name=$1
+  case "$name" in
+    timing)        # issue 10: 13 tasks x 50 at 4K, dense and TSA, SDPA decode (as the earlier runs)
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.005 \
+        --seq-lens 4k -n $N --out-dir /tmp/runs/timing ;;
+    engine-check)  # grouped decode vs generate (equality) and vs SDPA decode (speed); pick the faster
+      for a in sdpa grouped; do
+        CUDA_VISIBLE_DEVICES=$G timeout 400 python3 scripts/gpu_engine.py --model $SMOL --seq-len 4k -n 2 \
+          --methods dense,tsa --decode-attention $a --out /tmp/runs/engine-$a | tail -4
+      done
+      python3 - <<'EOF'
+import glob, pandas as pd
+s = {}
+for a in ("sdpa", "grouped"):
+    d = pd.concat([pd.read_csv(p) for p in glob.glob(f"/tmp/runs/engine-{a}/*.csv")])
+    sp = d[d.metric == "engine_s_per_sample"].value.mean()
+    eq = d[d.metric == "equal_fraction"].value.mean()
+    s[a] = (sp, eq)
+    print(a, "engine s/sample", round(sp, 4), "equal fraction", round(eq, 3))
+pick = "grouped" if s["grouped"][0] < 0.9 * s["sdpa"][0] and s["grouped"][1] >= s["sdpa"][1] - 0.08 else "sdpa"
+open("/tmp/jobs/decode_attn", "w").write(pick)
+print("decode attention for the study:", pick)
+EOF
+      ;;
+    smol-4k-tsa)   # issue 12: tau sweep x {drift, half} on all 13 tasks at 4K
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
+        --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=$DRIFT4K;half=15-29" \
+        --decode-attention "$(decode_attn)" --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k ;;
+    smol-4k-sparse)  # composed methods, same samples (dense comes from smol-4k-tsa)
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
+        --method xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa \
+        --tau 0.005 --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" \
+        --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k ;;
+    smol-sens)     # which layers hurt: TSA in one layer at a time, tau 0.02, 4 NIAH tasks x 25
+      sets=$(python3 -c "print(';'.join(f'l{i}={i}' for i in range(30)))")
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.02 \
+        --sparse-layers "$sets" --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 \
+        --decode-attention "$(decode_attn)" --seq-lens 4k -n 25 --out-dir /tmp/runs/smol-sens ;;
+    gemma)         # issue 10 item 2 and issue 12's Gemma rows
+      for i in $(seq 60); do [ -f $M/gemma.ok ] && break; sleep 5; done
+      [ -f $M/gemma.ok ] || { echo "no Gemma GGUF"; return 1; }
+      timeout 200 python3 scripts/gemma_stack_check.py --gguf $GEMMA --device cuda --dtype fp32 \
+        --attn sdpa,eager --out /tmp/runs/gemma-check/517 | tail -8
+      PYTHONPATH=.:/tmp/site524:/tmp/site timeout 200 python3 scripts/gemma_stack_check.py --gguf $GEMMA \
+        --device cuda --dtype fp32 --attn sdpa,eager --out /tmp/runs/gemma-check/524 | tail -8
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout 240 python3 -m tsa_bench profile-layers --model $GEMMA --seq-len 32k \
+        --device cuda --out-dir /tmp/runs/gemma-layers | tail -6
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense --template base \
+        --seq-lens 4k,8k,16k,32k --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
+        --decode-attention "$(decode_attn)" --out-dir /tmp/runs/gemma-niah
+      prof=$(ls /tmp/runs/gemma-layers/*.json 2>/dev/null | head -1)
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
+        --tau 0.005,0.02 --sparse-layers "all=5,11,17${prof:+;drift=$prof}" --seq-lens 32k \
+        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
+        --decode-attention "$(decode_attn)" --out-dir /tmp/runs/gemma-32k ;;
+    final2gpu)     # issue 10 item 6: one GPU, then two, alone on the host, same samples
+      for i in $(seq 200); do [ -f /tmp/jobs/queue1.done ] && break; [ "$(left)" -le 0 ] && break; sleep 5; done
+      sleep 2
+      CUDA_VISIBLE_DEVICES=0 timeout 300 $RULER --model $SMOL --method dense --seq-lens 4k -n $N \
+        --out-dir /tmp/runs/one
+      timeout 300 torchrun --standalone --nproc_per_node 2 -m tsa_bench ruler --engine batched --data generated \
+        --words builtin --no-progress --cache-dir /tmp/cache$G --model $SMOL --method dense --seq-lens 4k -n $N \
+        --out-dir /tmp/runs/two
+      python3 scripts/compare_runs.py /tmp/runs/one/preds/*-dense-*.jsonl /tmp/runs/two/preds/*-dense-*.jsonl \
+        "$(ls /tmp/runs/one/*.csv | head -1)" "$(ls /tmp/runs/two/*.csv | head -1)" ;;
+    *) echo "unknown job $name"; return 2 ;;
+  esac
+}
+
+for name in "$@"; do
+  if [ "$name" != final2gpu ] && [ "$(left)" -le 10 ]; then echo "deadline: skip $name"; continue; fi
+  touch /tmp/jobs/$name.running
+  echo "== $name on GPU $G (t=$(( $(date +%s) - START ))s, $(left)s to the deadline)"
+  job "$name" > /tmp/jobs/$name.log 2>&1
+  echo "   $name exit $? (t=$(( $(date +%s) - START ))s)"
+  rm -f /tmp/jobs/$name.running
+done
+touch /tmp/jobs/queue$G.done

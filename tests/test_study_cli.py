@@ -1,0 +1,261 @@
+"""``tsa-bench study``: ruler run folders (fabricated here, no model) -> the tidy accuracy CSV.
+
+The run folders are written by :func:`make_arm` through the ruler command's own row and file
+writers (``score_rows``, ``write_results``), so they have the shape a real ``tsa-bench ruler``
+run leaves: one CSV per arm (``predictions``, ``setting``, ``layers``, JSON ``config`` with
+``run_key`` and ``plan``) and a predictions JSONL under ``preds/``.
+"""
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import pandas as pd
+import pytest
+
+from tsa_bench.cli import main
+
+MODEL = "smollm2-135m"
+L = 4096
+TASKS = ("niah_single_1", "vt")
+LAYERS = 4
+
+
+def rec(task: str, index: int, score: float, *, length: int = L, **extra) -> dict:
+    return dict(id=f"{task}-{length}-{index:05d}", task=task, max_length=length, index=index, pred="x",
+                outputs=["x"], metric="string_match_all", source="generated", score=float(score), **extra)
+
+
+def make_arm(run_dir: Path, records: Sequence[dict], *, method: str, tau: Optional[float] = None,
+             layers: str = "", sparse_layers: Sequence[int] = (), setting: Optional[str] = None,
+             tasks: Sequence[str] = TASKS, seq_lens: Sequence[int] = (L,), n: int = 32,
+             model: str = MODEL, run_key: Optional[str] = None) -> Path:
+    """Write one ruler arm (CSV + predictions JSONL) under ``run_dir``; returns the CSV."""
+    from tsa_bench.commands.ruler import score_rows, write_results
+
+    tsa = method == "tsa" or method.endswith("+tsa")
+    setting = setting or " ".join([method] + ([f"tau={tau:g}"] + ([layers] if layers else []) if tsa else []))
+    plan = dict(method=method, prefill_backend="sdpa", dense_backend="sdpa",
+                tsa=dict(tau=tau, window=128) if tsa else None, sparse_layers=list(sparse_layers) if tsa else [])
+    key = run_key or hashlib.sha256(f"{model}|{setting}".encode()).hexdigest()[:12]
+    preds = run_dir / "preds" / f"{model}-{method}-{key}.jsonl"
+    preds.parent.mkdir(parents=True, exist_ok=True)
+    preds.write_text("".join(json.dumps(r) + "\n" for r in records))
+    identity = dict(method=method, backend="sdpa", tau=tau, model=model, dtype="bf16", weights="pretrained",
+                    stage="e2e", batch=1)
+    extra = dict(template="base", predictions=str(preds), engine="batched-b4", ranks=1,
+                 layers=layers if tsa else "", setting=setting)
+    rows, _ = score_rows(records, list(tasks), list(seq_lens), identity, extra)
+    config = dict(model=model, method=method, tau=tau, plan=plan, tasks=list(tasks), seq_lens=list(seq_lens),
+                  n=n, run_key=key)
+    return write_results("ruler", rows, config, "cpu", run_dir, key)
+
+
+def timed(task, index, score, attn: Optional[Dict[int, float]] = None, prefill: Optional[float] = None,
+          tsa_layers: Optional[Dict[int, Sequence[float]]] = None) -> dict:
+    extra = {}
+    if attn is not None:
+        extra["attn_ms"] = {str(k): v for k, v in attn.items()}
+    if prefill is not None:
+        extra["prefill_s"] = prefill
+    if tsa_layers is not None:
+        extra["tsa_layers"] = {str(k): list(v) for k, v in tsa_layers.items()}
+    return rec(task, index, score, **extra)
+
+
+# Four samples (2 tasks x 2). Dense: 10 ms per layer on samples 0-2, 40 ms on sample 3.
+# TSA in layers 1 and 3: 5 ms there on samples 0-2, 10 ms on sample 3; the other layers as dense.
+#   attention_speedup = (2 * (3 * 10 + 40)) / (2 * (3 * 5 + 10)) = 140 / 50 = 2.8   (mean of ratios: 2.5)
+#   all layers: 4 * 70 / (50 + 2 * 70) = 280 / 190
+#   TTFT: dense 0.5 s each (2.0 s), TSA 0.4, 0.4, 0.4, 0.3 (1.5 s): 2.0 / 1.5
+#   tsa_layers {1: [keep .4, sparsity .7], 3: [.2, .9]}: keep 0.3, sparsity 0.8
+# xattention (no TSA): half of dense in every layer -> 2.0 over every layer, no sparsity rows.
+SAMPLES = [(t, i) for t in TASKS for i in range(2)]
+DENSE_MS = [10.0, 10.0, 10.0, 40.0]
+TSA_SPARSE_MS = [5.0, 5.0, 5.0, 10.0]
+TSA_PREFILL = [0.4, 0.4, 0.4, 0.3]
+
+
+def dense_records(scores=(1, 1, 0, 1), attn=True):
+    return [timed(t, i, s, {k: DENSE_MS[j] for k in range(LAYERS)} if attn else None, 0.5)
+            for j, ((t, i), s) in enumerate(zip(SAMPLES, scores))]
+
+
+def tsa_records(scores=(1, 0, 0, 1), attn=True, sparse=(1, 3)):
+    out = []
+    for j, ((t, i), s) in enumerate(zip(SAMPLES, scores)):
+        ms = {k: (TSA_SPARSE_MS[j] if k in sparse else DENSE_MS[j]) for k in range(LAYERS)}
+        out.append(timed(t, i, s, ms if attn else None, TSA_PREFILL[j], {1: [0.4, 0.7], 3: [0.2, 0.9]}))
+    return out
+
+
+def xattn_records(scores=(1, 1, 0, 0), attn=True):
+    return [timed(t, i, s, {k: DENSE_MS[j] / 2 for k in range(LAYERS)} if attn else None, 0.25)
+            for j, ((t, i), s) in enumerate(zip(SAMPLES, scores))]
+
+
+def standard_run(run_dir: Path, attn: bool = True) -> Path:
+    make_arm(run_dir, dense_records(attn=attn), method="dense")
+    make_arm(run_dir, tsa_records(attn=attn), method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3))
+    make_arm(run_dir, xattn_records(attn=attn), method="xattention")
+    return run_dir
+
+
+def study(capsys, *argv) -> tuple:
+    rc = main(["study", *argv, "--resamples", "200"])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def tables(capsys, tmp_path, *run_dirs, extra=()) -> tuple:
+    out = tmp_path / "acc" / "study.csv"
+    rc, stdout, stderr = study(capsys, "tables", *map(str, run_dirs), "--model-name", MODEL, "--out", str(out),
+                               *extra)
+    return rc, stdout, stderr, (pd.read_csv(out) if rc == 0 else None)
+
+
+def value(df: pd.DataFrame, setting: str, metric: str, task: str = "all") -> pd.Series:
+    sel = df[(df.setting == setting) & (df.metric == metric) & (df.task == task)]
+    assert len(sel) == 1, (setting, metric, len(sel))
+    return sel.iloc[0]
+
+
+def test_speed_rows_are_ratios_of_sums_over_the_sparse_layers(tmp_path, capsys):
+    rc, out, err, df = tables(capsys, tmp_path, standard_run(tmp_path / "run"))
+    assert rc == 0, err
+    tsa, x = "tsa tau=0.005 half", "xattention"
+    assert value(df, tsa, "attention_speedup").value == pytest.approx(2.8, abs=1e-4)
+    assert value(df, tsa, "attention_speedup_all_layers").value == pytest.approx(280 / 190, abs=1e-4)
+    assert value(df, tsa, "ttft_speedup").value == pytest.approx(2.0 / 1.5, abs=1e-4)
+    assert value(df, tsa, "keep_fraction").value == pytest.approx(0.3)
+    assert value(df, tsa, "attention_sparsity").value == pytest.approx(0.8)
+    assert value(df, tsa, "attention_speedup").n == 4
+    assert value(df, x, "attention_speedup").value == pytest.approx(2.0)          # every layer
+    assert value(df, x, "ttft_speedup").value == pytest.approx(2.0)
+    assert not df[(df.setting == x) & df.metric.isin(["attention_sparsity", "keep_fraction"])].size
+    for metric, want in (("attention_speedup", 1.0), ("ttft_speedup", 1.0), ("attention_sparsity", 0.0),
+                         ("keep_fraction", 1.0)):
+        assert value(df, "dense", metric).value == want
+    assert out.strip().splitlines()[-1] == str(tmp_path / "acc" / "study.csv")
+
+
+def test_score_rows_pair_every_arm_with_dense(tmp_path, capsys):
+    rc, out, err, df = tables(capsys, tmp_path, standard_run(tmp_path / "run"), extra=["--print"])
+    assert rc == 0, err
+    # dense 3/4 right, TSA 2/4: task means niah (100, 50) and vt (50, 50) -> 75 and 50 points
+    row = value(df, "tsa tau=0.005 half", "score_diff")
+    assert (row.value, row.n, row.level) == (-25.0, 4, "mean_tasks")
+    assert value(df, "dense", "score").value == 75.0 and value(df, "dense", "score_diff").value == 0.0
+    assert value(df, "xattention", "score", task="vt").value == 0.0
+    assert set(df.model) == {MODEL} and set(df.seq_len) == {L} and set(df.bench) == {"accuracy"}
+    config = json.loads(df.config.iloc[0])
+    assert config["command"].startswith("tsa-bench study tables ") and config["resamples"] == 200
+    summary = [line for line in out.splitlines() if line.startswith("tsa tau=0.005 half")]
+    assert len(summary) == 1 and "-25.00 [" in summary[0] and " 2.80 " in summary[0]
+
+
+def test_only_ids_in_every_arm_are_compared(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_arm(run, dense_records(scores=(1, 1, 0, 0)), method="dense")
+    make_arm(run, tsa_records(scores=(1, 1, 0, 1))[:3], method="tsa", tau=0.005, layers="half",
+             sparse_layers=(1, 3))                                  # vt-00001 never run
+    rc, _, err, df = tables(capsys, tmp_path, run)
+    assert rc == 0, err
+    assert "3 samples in every one of the 2 arms; left out (not in every arm): dense 1" in err
+    assert set(df.n[df.metric.isin(["score", "score_diff"]) & (df.task == "all")]) == {3}
+    # on the three common ids both arms score niah (1, 1) and vt (0): 50 points each, diff 0
+    assert value(df, "dense", "score").value == 50.0
+    assert value(df, "tsa tau=0.005 half", "score_diff").value == 0.0
+    assert value(df, "dense", "ttft_speedup").n == 3
+    assert value(df, "tsa tau=0.005 half", "attention_speedup").value == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("dense_arms,message", [
+    (0, "need exactly one dense arm as the baseline, found 0"),
+    (2, "two different runs of setting 'dense'"),
+], ids=["no-dense", "two-dense"])
+def test_a_group_needs_exactly_one_dense_arm(tmp_path, capsys, dense_arms, message):
+    run = tmp_path / "run"
+    for k in range(dense_arms):                   # two runs of dense under different run keys
+        make_arm(run, dense_records(), method="dense", run_key=f"densekey{k:04d}")
+    make_arm(run, tsa_records(), method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3))
+    rc, _, err, _ = tables(capsys, tmp_path, run)
+    assert rc == 2 and message in err and f"{MODEL} at length {L}" in err
+
+
+def test_without_attention_times_there_is_no_attention_speedup_row(tmp_path, capsys):
+    rc, _, err, df = tables(capsys, tmp_path, standard_run(tmp_path / "run", attn=False))
+    assert rc == 0, err
+    assert not df.metric.isin(["attention_speedup", "attention_speedup_all_layers"]).any()
+    assert f"{MODEL} 4k: no attention_speedup row for any arm: the records lack attn_ms" in err
+    assert value(df, "tsa tau=0.005 half", "ttft_speedup").value == pytest.approx(2.0 / 1.5, abs=1e-4)
+
+
+def test_predictions_of_another_machine_are_found_under_preds(tmp_path, capsys):
+    run = standard_run(tmp_path / "run")
+    for csv in run.glob("*.csv"):
+        df = pd.read_csv(csv)
+        df["predictions"] = "/elsewhere/results/ruler/preds/" + Path(df.predictions.iloc[0]).name
+        df.to_csv(csv, index=False)
+    rc, _, err, df = tables(capsys, tmp_path, run)
+    assert rc == 0, err
+    assert value(df, "tsa tau=0.005 half", "attention_speedup").value == pytest.approx(2.8, abs=1e-4)
+
+
+def test_figures_draw_from_the_study_csv(tmp_path, capsys):
+    from tsa_bench.analysis.figures import score_vs_speedup
+    from tsa_bench.analysis.tables import read_csvs
+
+    rc, _, err, _ = tables(capsys, tmp_path, standard_run(tmp_path / "run"))
+    assert rc == 0, err
+    csv = tmp_path / "acc" / "study.csv"
+    assert main(["figures", "--latency", "--accuracy", str(csv), "--out-dir", str(tmp_path / "fig")]) == 0
+    pngs = capsys.readouterr().out.split()
+    assert [Path(p).name for p in pngs] == ["accuracy_score_vs_speedup.png", "accuracy_score_vs_sparsity.png"]
+    assert all(Path(p).stat().st_size > 1000 for p in pngs)
+    drawn = score_vs_speedup(read_csvs([csv]), tmp_path / "check.png").drawn[(MODEL, L)]["points"]
+    assert sorted(map(tuple, drawn.round(4).tolist())) == [(1.0, 75.0), (2.0, 50.0), (2.8, 50.0)]
+
+
+def single_layer_arm(run: Path, layer: int, scores: Sequence[int], sparsity: float) -> Path:
+    """TSA in ``layer`` alone: 10 ms there (dense: 10 * (1 + layer) ms, so a speedup of 1 + layer)."""
+    recs = [timed(t, i, s, {k: 10.0 if k == layer else 10.0 * (1 + k) for k in range(LAYERS)}, 0.4,
+                  {layer: [1 - sparsity, sparsity]}) for (t, i), s in zip(SAMPLES, scores)]
+    return make_arm(run, recs, method="tsa", tau=0.01, layers=f"L{layer}", sparse_layers=(layer,))
+
+
+def test_sensitivity_compares_single_layer_arms_with_dense(tmp_path, capsys):
+    run = tmp_path / "run"
+    make_arm(run, [timed(t, i, 1, {k: 10.0 * (1 + k) for k in range(LAYERS)}) for t, i in SAMPLES], method="dense")
+    for layer, scores, sparsity in ((0, (1, 1, 1, 1), 0.3), (1, (1, 1, 0, 1), 0.5), (2, (0, 1, 0, 1), 0.9)):
+        single_layer_arm(run, layer, scores, sparsity)
+    make_arm(run, tsa_records()[:2], method="tsa", tau=0.01, layers="half", sparse_layers=(1, 3))   # ignored
+    drift = tmp_path / "drift.json"
+    drift.write_text(json.dumps({"drift": [0.1, 0.2, 0.3, 0.4]}))
+    out = tmp_path / "sens.csv"
+    rc, stdout, err = study(capsys, "sensitivity", str(run), "--drift", str(drift), "--model-name", MODEL,
+                            "--out", str(out), "--print")
+    assert rc == 0, err
+    df = pd.read_csv(out)
+
+    def by(metric):
+        return df[df.metric == metric].set_index("layer")["value"].to_dict()
+
+    # drops: layer 0 none, layer 1 one vt sample (vt 50 -> mean over tasks -25), layer 2 one of each
+    assert by("layer_drop") == {0: 0.0, 1: 25.0, 2: 50.0}
+    assert by("layer_drift") == {0: 0.1, 1: 0.2, 2: 0.3}
+    assert by("layer_sparsity") == {0: 0.3, 1: 0.5, 2: 0.9}
+    assert by("layer_attention_speedup") == {0: 1.0, 1: 2.0, 2: 3.0}
+    assert set(df.n[df.metric == "layer_drop"]) == {4}                 # the half arm's ids do not narrow it
+    for metric in ("drift_drop_spearman", "sparsity_drop_spearman", "attention_speedup_drop_spearman"):
+        assert df[df.metric == metric].value.tolist() == [1.0]
+    assert df[df.metric == "keep_fraction_drop_spearman"].value.tolist() == [-1.0]
+    assert "Spearman rho with the drop: drift +1.00, sparsity +1.00, keep_fraction -1.00" in stdout
+
+
+def test_sensitivity_without_single_layer_arms_is_a_usage_error(tmp_path, capsys):
+    run = standard_run(tmp_path / "run")
+    drift = tmp_path / "drift.json"
+    drift.write_text(json.dumps({"drift": [0.1, 0.2, 0.3, 0.4]}))
+    rc, _, err = study(capsys, "sensitivity", str(run), "--drift", str(drift), "--out", str(tmp_path / "s.csv"))
+    assert rc == 2 and "no arm runs TSA in exactly one layer" in err

@@ -1,0 +1,725 @@
+"""``tsa-bench study``: turn ``tsa-bench ruler`` runs into the tidy accuracy CSV (issue 12).
+
+A ruler run writes, per configuration ("arm": a method, and for TSA a tau and a layer set),
+one CSV (its rows carry ``predictions``, ``setting``, ``layers`` and the JSON ``config`` with
+``run_key``, ``plan``, ``tasks``, ``seq_lens``, ``n``) and a predictions JSONL, one record per
+sample. ``study tables`` pairs every arm with the dense arm of the same model and length, on
+the samples every arm of that group answered, and writes the rows that
+:mod:`tsa_bench.analysis` reads (:mod:`tsa_bench.analysis.tables`, the figures, the notebook):
+
+* ``score`` / ``score_diff`` per task and as the mean over tasks (:func:`compare_many`, paired
+  percentile bootstrap; see :mod:`tsa_bench.analysis.paired`);
+* per arm and length (``task = "all"``, ``n`` = samples used), with ``S`` the common samples:
+
+  - ``attention_speedup`` = sum over ``S`` and over the arm's sparse layers of dense ``attn_ms``
+    / the same sum of the arm's ``attn_ms``. Sparse layers: ``plan.sparse_layers`` for a TSA
+    arm; every layer for a sparse method without TSA (``xattention``) and for dense (whose
+    ratio is then exactly 1);
+  - ``attention_speedup_all_layers``: the same over every layer the dense records time;
+  - ``ttft_speedup`` = sum over ``S`` of dense ``prefill_s`` / sum of the arm's ``prefill_s``;
+  - ``attention_sparsity`` / ``keep_fraction``: the mean over ``S`` and over the layers in each
+    record's ``tsa_layers`` of their attention-map sparsity / kept fraction (dense: 0 / 1; a
+    sparse method without ``tsa_layers``: no row).
+
+  A ratio is taken over the samples of ``S`` whose records in *both* arms hold the times it
+  needs; with none (``attn_ms`` is recorded on CUDA only, ``prefill_s`` by the batched engine
+  only) there is no row, and the command says so.
+
+``study sensitivity`` compares each arm that runs TSA in exactly one layer with dense
+(:func:`~tsa_bench.analysis.sensitivity.sensitivity_table`) beside the layer's drift and its
+own sparsity, kept fraction and attention speedup. Full definitions: ``docs/study.md``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from tsa_bench.cli import UsageError
+
+NAME = "study"
+HELP = "Accuracy study: ruler runs -> the tidy accuracy CSV (scores vs dense, speedups, sparsity, sensitivity)."
+EPILOG = """examples:
+  tsa-bench ruler --model smollm2-135m --method dense,tsa --tau 0.002,0.005,0.01 \\
+      --sparse-layers "half;drift=results/layers/smollm2-135m.json" --seq-lens 4k -n 32 --out-dir runs/smol
+  tsa-bench study tables runs/smol --model-name smollm2-135m --out results/accuracy/smollm2-4k.csv --print
+  tsa-bench study tables runs/smol runs/smol-8k --dry-run          # list the arms and groups found
+  tsa-bench figures --latency --accuracy results/accuracy/smollm2-4k.csv --out-dir /tmp/figs
+  tsa-bench ruler --model smollm2-135m --method dense,tsa --sparse-layers "L0=0;L1=1;L2=2;L3=3" --out-dir runs/sens
+  tsa-bench study sensitivity runs/sens --drift results/layers/smollm2-135m.json --model-name smollm2-135m --print
+
+Run folders: the CSVs directly under each folder (or CSV files named themselves); a CSV's
+predictions JSONL is its `predictions` path, else <folder>/preds/<that file's name>.
+See docs/study.md for the exact definitions.
+"""
+SPEED_METRIC_ORDER = ("attention_speedup", "attention_speedup_all_layers", "ttft_speedup",
+                      "attention_sparsity", "keep_fraction")
+PREDICTORS = ("sparsity", "keep_fraction", "attention_speedup")      # per-layer columns, sensitivity
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="study_command", metavar="SUBCOMMAND")
+    tables = sub.add_parser("tables", help="score, paired difference to dense, speedups and sparsity per arm",
+                            description="Pair every arm of the ruler runs with the dense arm of its model and length "
+                                        "and write the tidy accuracy CSV.")
+    tables.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="ruler output folders (or ruler CSVs)")
+    sens = sub.add_parser("sensitivity", help="score lost per layer (TSA in that layer alone) vs drift",
+                          description="Compare every arm that runs TSA in exactly one layer with dense, beside "
+                                      "the layer's drift, and write the tidy rows.")
+    sens.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="ruler output folders (or ruler CSVs)")
+    sens.add_argument("--drift", required=True, metavar="PROFILE",
+                      help="drift per layer: a profile-layers JSON (its 'drift' list) or CSV (metric == 'drift')")
+    for q in (tables, sens):
+        q.add_argument("--model-name", default=None,
+                       help="model name in the rows (e.g. smollm2-135m; default: the runs' --model); the runs "
+                            "must then hold one model")
+        q.add_argument("--out", default=None,
+                       help="output CSV path, or a folder (default results/accuracy/<run id>.csv); never overwritten")
+        q.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+        q.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+        q.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+        q.add_argument("--print", dest="print_table", action="store_true", help="print a summary table to stdout")
+        q.add_argument("--dry-run", action="store_true", help="list the arms and groups found; write nothing")
+
+
+# --------------------------------------------------------------------------- finding the arms
+
+@dataclass
+class ArmRun:
+    """One arm of a ruler run, read from its CSV(s): what it ran and where its predictions are.
+    CSVs of the same ``run_key`` (the same configuration run again, e.g. at another length)
+    share one predictions file and are merged into one ArmRun."""
+    csvs: List[Path]
+    predictions: Path
+    model: str
+    setting: str
+    method: str
+    tau: Optional[float]
+    layers: str
+    tsa: bool                           # the plan runs TSA in some layers
+    sparse_layers: Tuple[int, ...]      # plan.sparse_layers (empty without TSA)
+    run_key: str
+    tasks: List[str]
+    seq_lens: List[int]
+    n: Optional[int]                    # samples per task and length (None: all in the file)
+    weights: str = ""
+    dtype: str = ""
+    _records: Optional[Dict[str, dict]] = field(default=None, repr=False)
+
+    def records(self) -> Dict[str, dict]:
+        """Every record of the predictions file by id (first wins, a torn last line ignored)."""
+        if self._records is None:
+            from tsa_bench.distributed import read_records
+            try:
+                self._records = read_records(self.predictions)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UsageError(f"predictions {self.predictions} (of {self.csvs[-1]}): not JSONL: {exc}") from None
+        return self._records
+
+    def at(self, seq_len: int) -> Dict[str, dict]:
+        """The records of this run at ``seq_len``: its tasks, the first ``n`` samples of each."""
+        out = {}
+        for i, r in self.records().items():
+            if int(r.get("max_length", -1)) != seq_len or r.get("task") not in self.tasks:
+                continue
+            if self.n is not None and r.get("index") is not None and int(r["index"]) >= self.n:
+                continue
+            out[i] = r
+        return out
+
+    def speed_layers(self) -> Optional[Tuple[int, ...]]:
+        """The layers ``attention_speedup`` sums over: the plan's sparse layers under TSA,
+        ``None`` (every layer) for dense and for a sparse method without TSA."""
+        return self.sparse_layers if self.tsa else None
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _is_dense(arm: ArmRun) -> bool:
+    return arm.method == "dense"
+
+
+def _label(method: str, tau: Optional[float], layers: str, tsa: bool) -> str:
+    parts = [method]
+    if tsa:
+        parts.append(f"tau={tau:g}" if tau is not None else "tau=default")
+        if layers:
+            parts.append(layers)
+    return " ".join(parts)
+
+
+def _first(df, col: str) -> Any:
+    if col not in df.columns:
+        return None
+    vals = df[col].dropna()
+    return None if vals.empty else vals.iloc[0]
+
+
+def csv_files(paths: Sequence[str]) -> List[Path]:
+    """The CSVs of the run folders (``*.csv`` directly under each) and of the CSV files given."""
+    out: List[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            out.extend(sorted(p.glob("*.csv")))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UsageError(f"RUN_DIR: no such folder or file: {raw}")
+    return list(dict.fromkeys(out))
+
+
+def predictions_path(recorded: str, csv: Path) -> Path:
+    """The predictions JSONL a CSV names: the recorded path where it exists, else
+    ``<the CSV's folder>/preds/<its file name>`` (a run copied from another machine)."""
+    p = Path(recorded)
+    if p.is_file():
+        return p
+    local = csv.parent / "preds" / p.name
+    if local.is_file():
+        return local
+    raise UsageError(f"{csv}: its predictions file {recorded} does not exist, nor {local}")
+
+
+def read_arm(csv: Path) -> Optional[ArmRun]:
+    """The arm a ruler CSV describes, or None for a CSV that is no ruler run (no ``predictions``)."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{csv}: not a CSV: {exc}") from None
+    if "predictions" not in df.columns or df["predictions"].dropna().empty:
+        return None
+    if "bench" in df.columns and set(df["bench"].dropna()) - {"ruler"}:
+        return None
+    preds = sorted(set(df["predictions"].dropna()))
+    if len(preds) > 1:
+        raise UsageError(f"{csv}: rows name {len(preds)} predictions files; a ruler CSV holds one arm")
+    try:
+        config = json.loads(_first(df, "config") or "{}")
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{csv}: its 'config' column is not JSON: {exc}") from None
+    plan = config.get("plan") or {}
+    method = str(_first(df, "method") or config.get("method") or "").lower()
+    if not method:
+        raise UsageError(f"{csv}: no 'method' column nor config.method")
+    tsa = plan.get("tsa") is not None if plan else (method == "tsa" or method.endswith("+tsa"))
+    tau = _first(df, "tau")
+    tau = float(tau) if tau is not None and tsa else None
+    layers = _first(df, "layers")
+    layers = "" if layers is None else str(layers)
+    setting = _first(df, "setting")
+    setting = str(setting) if setting is not None else _label(method, tau, layers, tsa)
+    seq_lens = config.get("seq_lens") or sorted(int(v) for v in df["seq_len"].dropna().unique())
+    tasks = config.get("tasks") or sorted(set(df["task"].dropna()) - {"all"})
+    model = _first(df, "model") or config.get("model")
+    if model is None:
+        raise UsageError(f"{csv}: no 'model' column nor config.model")
+    return ArmRun(csvs=[csv], predictions=predictions_path(str(preds[0]), csv), model=str(model),
+                  setting=setting, method=method, tau=tau, layers=layers, tsa=tsa,
+                  sparse_layers=tuple(int(i) for i in plan.get("sparse_layers") or ()) if tsa else (),
+                  run_key=str(config.get("run_key") or preds[0]), tasks=list(tasks),
+                  seq_lens=[int(L) for L in seq_lens], n=config.get("n"),
+                  weights=str(_first(df, "weights") or ""), dtype=str(_first(df, "dtype") or ""))
+
+
+def find_arms(paths: Sequence[str], log=None) -> List[ArmRun]:
+    """Every arm of the ruler CSVs under ``paths``; CSVs of one ``run_key`` merged (tasks and
+    lengths united, the largest ``n``). CSVs that are no ruler runs are named on ``log``."""
+    log = log or _stderr
+    files = sorted(csv_files(paths), key=lambda p: (p.name, str(p)))     # run id = time: later CSVs last
+    arms: Dict[str, ArmRun] = {}
+    for f in files:
+        arm = read_arm(f)
+        if arm is None:
+            log(f"skipped {f}: not a ruler CSV (no 'predictions' column)")
+            continue
+        log(f"read {f}")
+        old = arms.get(arm.run_key)
+        if old is None:
+            arms[arm.run_key] = arm
+            continue
+        old.csvs.append(f)
+        old.predictions = arm.predictions
+        old.tasks = sorted(set(old.tasks) | set(arm.tasks))
+        old.seq_lens = sorted(set(old.seq_lens) | set(arm.seq_lens))
+        old.n = None if old.n is None or arm.n is None else max(int(old.n), int(arm.n))
+    if not arms:
+        raise UsageError(f"no ruler CSVs in {', '.join(map(str, paths))} (run `tsa-bench ruler ... --out-dir DIR`)")
+    return list(arms.values())
+
+
+@dataclass
+class Group:
+    """The arms of one model at one length, the dense one first, on their common samples."""
+    model: str
+    seq_len: int
+    arms: List[ArmRun]
+    records: Dict[str, Dict[str, dict]]          # setting -> id -> record, common ids only
+    dropped: Dict[str, int]                      # setting -> records left out (not in every arm)
+
+    @property
+    def dense(self) -> ArmRun:
+        return self.arms[0]
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.records.values())))
+
+
+def group_arms(arms: Sequence[ArmRun], model_name: Optional[str]) -> List[Group]:
+    """Arms grouped by (model, length), each group with exactly one dense arm (first) and its
+    records cut down to the ids present in every arm of the group. UsageError for a group
+    without or with several dense arms, two runs of one setting, or mixed weights / dtype."""
+    models = sorted({a.model for a in arms})
+    if model_name is not None and len(models) > 1:
+        raise UsageError(f"--model-name names one model; the runs hold {len(models)}: {', '.join(models)} "
+                         "(run `study` once per model)")
+    cells: Dict[Tuple[str, int], List[ArmRun]] = {}
+    for a in arms:
+        for L in a.seq_lens:
+            cells.setdefault((a.model, L), []).append(a)
+    groups = []
+    for (model, L), members in sorted(cells.items()):
+        name = model_name or model
+        where = f"{name} at length {L}"
+        by_setting: Dict[str, ArmRun] = {}
+        for a in members:
+            if a.setting in by_setting:
+                b = by_setting[a.setting]
+                raise UsageError(f"{where}: two different runs of setting {a.setting!r} (run keys {b.run_key} "
+                                 f"and {a.run_key}: {b.csvs[-1]} and {a.csvs[-1]}); give only one of them")
+            by_setting[a.setting] = a
+        dense = [a for a in members if _is_dense(a)]
+        if len(dense) != 1:
+            raise UsageError(f"{where}: need exactly one dense arm as the baseline, found {len(dense)} among "
+                             f"settings {sorted(by_setting)} (run `tsa-bench ruler --method dense,...` on the same "
+                             "samples)")
+        for col in ("weights", "dtype"):
+            vals = sorted({getattr(a, col) for a in members if getattr(a, col)})
+            if len(vals) > 1:
+                raise UsageError(f"{where}: the arms mix {col} {vals}; compare runs of one {col}")
+        ordered = dense + [a for a in members if not _is_dense(a)]
+        recs = {a.setting: a.at(L) for a in ordered}
+        empty = [s for s, r in recs.items() if not r]
+        if empty:
+            raise UsageError(f"{where}: no prediction records for settings {empty}")
+        common = set.intersection(*(set(r) for r in recs.values()))
+        if not common:
+            sizes = ", ".join(f"{s}: {len(r)}" for s, r in recs.items())
+            raise UsageError(f"{where}: no sample id is in every arm ({sizes} samples)")
+        dropped = {s: len(r) - len(common) for s, r in recs.items()}
+        recs = {s: {i: r[i] for i in sorted(common)} for s, r in recs.items()}
+        groups.append(Group(name, L, ordered, recs, dropped))
+    return groups
+
+
+def say_dropped(g: Group, log) -> None:
+    total = sum(g.dropped.values())
+    msg = f"{g.model} {_fmt_len(g.seq_len)}: {g.n} samples in every one of the {len(g.arms)} arms"
+    if total:
+        msg += "; left out (not in every arm): " + ", ".join(f"{s} {k}" for s, k in g.dropped.items() if k)
+    log(msg)
+
+
+def _fmt_len(L: int) -> str:
+    return f"{L // 1024}k" if L % 1024 == 0 else str(L)
+
+
+# --------------------------------------------------------------------------- the speed figures
+
+def attention_speedup(dense: Mapping[str, dict], arm: Mapping[str, dict],
+                      layers: Optional[Sequence[int]]) -> Optional[Tuple[float, int]]:
+    """``(sum of dense attn_ms / sum of the arm's attn_ms, samples used)`` over the ids of
+    ``dense`` (records matched by id) and over ``layers`` (``None``: every layer the dense
+    record times). A sample counts when both its records time every one of those layers.
+    None when no sample does, or ``layers`` is empty."""
+    if layers is not None and not layers:
+        return None
+    num = den = 0.0
+    n = 0
+    for i, d in dense.items():
+        a = arm.get(i)
+        td, ta = d.get("attn_ms") or {}, (a or {}).get("attn_ms") or {}
+        keys = [str(k) for k in layers] if layers is not None else list(td)
+        if not keys or any(k not in td or k not in ta for k in keys):
+            continue
+        num += sum(float(td[k]) for k in keys)
+        den += sum(float(ta[k]) for k in keys)
+        n += 1
+    if n == 0:
+        return None
+    if den <= 0.0:
+        raise ValueError(f"attention time of the sparse arm sums to {den} ms over {n} samples")
+    return num / den, n
+
+
+def ttft_speedup(dense: Mapping[str, dict], arm: Mapping[str, dict]) -> Optional[Tuple[float, int]]:
+    """``(sum of dense prefill_s / sum of the arm's prefill_s, samples used)`` over the ids of
+    ``dense`` where both records hold ``prefill_s``; None when none do."""
+    num = den = 0.0
+    n = 0
+    for i, d in dense.items():
+        a = arm.get(i) or {}
+        if d.get("prefill_s") is None or a.get("prefill_s") is None:
+            continue
+        num += float(d["prefill_s"])
+        den += float(a["prefill_s"])
+        n += 1
+    if n == 0:
+        return None
+    if den <= 0.0:
+        raise ValueError(f"prefill time of the arm sums to {den} s over {n} samples")
+    return num / den, n
+
+
+def tsa_means(records: Mapping[str, dict], layers: Optional[Sequence[int]] = None
+              ) -> Optional[Tuple[float, float, int]]:
+    """``(keep fraction, attention-map sparsity, samples used)``: the means over the records
+    and over the layers of their ``tsa_layers`` (only ``layers`` when given) of each layer's
+    ``[keep fraction, sparsity]``; None when no record has any."""
+    keep = sparsity = 0.0
+    pairs = n = 0
+    wanted = None if layers is None else {str(k) for k in layers}
+    for r in records.values():
+        entries = [(k, v) for k, v in (r.get("tsa_layers") or {}).items() if wanted is None or str(k) in wanted]
+        if not entries:
+            continue
+        for _, (k_frac, s_frac) in entries:
+            keep += float(k_frac)
+            sparsity += float(s_frac)
+            pairs += 1
+        n += 1
+    return None if n == 0 else (keep / pairs, sparsity / pairs, n)
+
+
+def speed_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
+    """The speed and sparsity figures of ``arm`` in ``group``: ``{metric: (value, n)}`` for
+    the metrics of :data:`SPEED_METRIC_ORDER` that its records allow (see the module docstring)."""
+    dense, recs = group.records[group.dense.setting], group.records[arm.setting]
+    out: Dict[str, Tuple[float, int]] = {}
+    for metric, value in (("attention_speedup", attention_speedup(dense, recs, arm.speed_layers())),
+                          ("attention_speedup_all_layers", attention_speedup(dense, recs, None)),
+                          ("ttft_speedup", ttft_speedup(dense, recs))):
+        if value is not None:
+            out[metric] = value
+    if _is_dense(arm):
+        out["attention_sparsity"], out["keep_fraction"] = (0.0, len(recs)), (1.0, len(recs))
+    else:
+        means = tsa_means(recs)
+        if means is not None:
+            out["keep_fraction"], out["attention_sparsity"] = (means[0], means[2]), (means[1], means[2])
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+def _r(x: Optional[float], digits: int = 4) -> Optional[float]:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), digits) + 0.0
+
+
+def _identity(arm: ArmRun, model: str) -> Dict[str, Any]:
+    ident = dict(method=arm.method, tau=arm.tau, model=model, setting=arm.setting, layers=arm.layers,
+                 run_key=arm.run_key)
+    if arm.weights:
+        ident["weights"] = arm.weights
+    if arm.dtype:
+        ident["dtype"] = arm.dtype
+    return ident
+
+
+def command_line(args) -> str:
+    """The command as it would be typed (every option explicit), for the provenance config."""
+    parts = ["tsa-bench", "study", args.study_command, *args.run_dirs]
+    if getattr(args, "drift", None):
+        parts += ["--drift", args.drift]
+    for flag, val in (("--model-name", args.model_name), ("--out", args.out)):
+        if val is not None:
+            parts += [flag, val]
+    parts += ["--resamples", str(args.resamples), "--confidence", f"{args.confidence:g}", "--seed", str(args.seed)]
+    if args.print_table:
+        parts.append("--print")
+    return shlex.join(parts)
+
+
+def _writer(args, kind: str, config: Dict[str, Any]):
+    from tsa_bench.paths import RESULTS_DIR
+    from tsa_bench.provenance import new_run_id
+    from tsa_bench.results import ResultWriter
+
+    out = Path(args.out) if args.out else RESULTS_DIR / "accuracy"
+    if out.suffix == ".csv":
+        out_dir, run_id = out.parent, out.stem
+        if out.exists():
+            raise UsageError(f"--out: {out} exists; result files are never overwritten")
+    else:
+        out_dir, run_id = out, new_run_id(kind)
+    return ResultWriter("accuracy", config, device="cpu", out_dir=out_dir, run_id=run_id)
+
+
+def _fmt_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Plain text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = []
+    for r in (header, *rows):
+        cells = [str(r[0]).ljust(widths[0])] + [str(x).rjust(w) for x, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _num(x: Optional[float], fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _check_stats_args(args) -> None:
+    if args.resamples < 1:
+        raise UsageError(f"--resamples must be >= 1, got {args.resamples}")
+    if not 0.0 < args.confidence < 1.0:
+        raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
+
+
+def _dry_run(groups: Sequence[Group]) -> int:
+    for g in groups:
+        print(f"{g.model} {_fmt_len(g.seq_len)}: {g.n} common samples, baseline {g.dense.setting}")
+        for a in g.arms:
+            layers = "every layer" if a.speed_layers() is None else f"layers {list(a.speed_layers())}"
+            print(f"  {a.setting}: {len(g.records[a.setting])} samples, {g.dropped[a.setting]} left out, "
+                  f"speedup over {layers}; {a.predictions}")
+    return 0
+
+
+# --------------------------------------------------------------------------- study tables
+
+def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confidence: float,
+                log=None) -> Tuple[List[dict], List[str]]:
+    """(tidy rows, summary lines) of ``study tables`` over ``groups``."""
+    from tsa_bench.analysis.paired import compare_many, paired_rows
+    from tsa_bench.results import row
+
+    log = log or _stderr
+    rows: List[dict] = []
+    summary: List[str] = []
+    for g in groups:
+        dense = list(g.records[g.dense.setting].values())
+        table = compare_many(dense, {a.setting: list(g.records[a.setting].values()) for a in g.arms},
+                             n_resamples=n_resamples, seed=seed, confidence=confidence)
+        identities = {a.setting: _identity(a, g.model) for a in g.arms}
+        for ident in identities.values():
+            ident["baseline_run_key"] = g.dense.run_key
+        rows += paired_rows(table, identities)
+        head = table[table.level == "mean_tasks"].set_index("method")
+        lines = []
+        missing: Dict[str, List[str]] = {}
+        for a in g.arms:
+            speed = speed_metrics(g, a)
+            for metric in ("attention_speedup", "ttft_speedup"):
+                if metric not in speed:
+                    missing.setdefault(metric, []).append(a.setting)
+            core = {k: v for k, v in identities[a.setting].items() if k in ("method", "tau", "model", "weights",
+                                                                           "dtype")}
+            extra = {k: v for k, v in identities[a.setting].items() if k not in core}
+            for metric in SPEED_METRIC_ORDER:
+                if metric in speed:
+                    value, n = speed[metric]
+                    rows.append({**row(metric, _r(value), n=n, task="all", seq_len=g.seq_len, **core), **extra})
+            h = head.loc[a.setting]
+            value = {m: v for m, (v, _) in speed.items()}
+            lines.append([a.setting, _num(h["score"], ".2f"),
+                          f"{h['diff']:+.2f} [{h['diff_lo']:+.2f}, {h['diff_hi']:+.2f}]",
+                          *(_num(value.get(m), ".3f" if m in ("attention_sparsity", "keep_fraction") else ".2f")
+                            for m in SPEED_METRIC_ORDER)])
+        for metric, settings in missing.items():
+            if metric == "attention_speedup":
+                arm_of = {a.setting: a for a in g.arms}
+                none = [s for s in settings if arm_of[s].speed_layers() == ()]
+                if none:
+                    log(f"{g.model} {_fmt_len(g.seq_len)}: no attention_speedup row for {', '.join(none)}: "
+                        "the run's config names no sparse layer (plan.sparse_layers)")
+                settings = [s for s in settings if s not in none]
+            if not settings:
+                continue
+            why = "attn_ms (timed on CUDA only)" if metric == "attention_speedup" else \
+                "prefill_s (recorded by the batched engine)"
+            log(f"{g.model} {_fmt_len(g.seq_len)}: no {metric} row for "
+                f"{'any arm' if len(settings) == len(g.arms) else ', '.join(settings)}: the records lack {why}")
+        pct = f"{confidence * 100:g}%"
+        summary.append(f"{g.model}, {_fmt_len(g.seq_len)}: {g.n} samples per arm, baseline {g.dense.setting}; "
+                       f"score = mean over tasks (points), diff vs dense [paired {pct} bootstrap]")
+        summary.append(_fmt_table(["setting", "score", "diff [lo, hi]", "attn x", "attn x all", "ttft x",
+                                   "sparsity", "keep"], lines))
+        summary.append("")
+    return rows, summary
+
+
+def _config(args, groups: Sequence[Group]) -> Dict[str, Any]:
+    return dict(command=command_line(args), run_dirs=list(args.run_dirs), resamples=args.resamples,
+                seed=args.seed, confidence=args.confidence,
+                groups=[dict(model=g.model, seq_len=g.seq_len, samples=g.n,
+                             arms=[dict(setting=a.setting, run_key=a.run_key, csvs=[str(c) for c in a.csvs],
+                                        predictions=str(a.predictions), left_out=g.dropped[a.setting])
+                                   for a in g.arms]) for g in groups])
+
+
+def run_tables(args) -> int:
+    _check_stats_args(args)
+    groups = group_arms(find_arms(args.run_dirs), args.model_name)
+    for g in groups:
+        say_dropped(g, _stderr)
+    if args.dry_run:
+        return _dry_run(groups)
+    rows, summary = tables_rows(groups, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+    writer = _writer(args, "accuracy", _config(args, groups))
+    writer.add(rows)
+    if args.print_table:
+        print("\n".join(summary))
+    print(writer.write())
+    return 0
+
+
+# --------------------------------------------------------------------------- study sensitivity
+
+def _single_layer(a: ArmRun) -> bool:
+    return a.tsa and len(a.sparse_layers) == 1
+
+
+def single_layer_sets(g: Group) -> Dict[Tuple[str, Optional[float]], Dict[int, ArmRun]]:
+    """The arms of ``g`` that run TSA in exactly one layer (``plan.sparse_layers`` of length 1),
+    by (method, tau), then by layer. UsageError when two arms of one (method, tau) run the
+    same layer."""
+    out: Dict[Tuple[str, Optional[float]], Dict[int, ArmRun]] = {}
+    for a in g.arms:
+        if not _single_layer(a):
+            continue
+        layer = a.sparse_layers[0]
+        cell = out.setdefault((a.method, a.tau), {})
+        if layer in cell:
+            raise UsageError(f"{g.model} {_fmt_len(g.seq_len)}: settings {cell[layer].setting!r} and {a.setting!r} "
+                             f"both run {a.method} tau={a.tau} in layer {layer} alone")
+        cell[layer] = a
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], -1.0 if kv[0][1] is None else kv[0][1])))
+
+
+def sensitivity_of(g: Group, arms: Mapping[int, ArmRun], drift, *, n_resamples: int, seed: int,
+                   confidence: float):
+    """(table, rho, predictor rhos) for the single-layer ``arms`` of ``g`` (layer -> arm).
+
+    ``table``: :func:`~tsa_bench.analysis.sensitivity.sensitivity_table` (dense vs each arm on
+    the group's common samples) with, per layer, the columns of :data:`PREDICTORS`: the
+    layer's own attention-map sparsity and kept fraction (means over the samples of its
+    ``tsa_layers`` entry; ``tsa_n`` samples) and its attention speedup (dense ``attn_ms`` of
+    that layer / the arm's, summed over ``speed_n`` samples), NaN where not recorded.
+    ``rho``: Spearman's rho of drift and drop; predictor rhos: Spearman's rho of each
+    recorded predictor with the drop (:func:`rank_correlations`)."""
+    from tsa_bench.analysis.sensitivity import rank_correlations, sensitivity_table
+
+    dense = g.records[g.dense.setting]
+    table, rho = sensitivity_table(list(dense.values()), {layer: list(g.records[a.setting].values())
+                                                          for layer, a in arms.items()},
+                                   drift, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    cols: Dict[str, List[float]] = {c: [] for c in (*PREDICTORS, "tsa_n", "speed_n")}
+    for layer in (int(v) for v in table["layer"]):
+        recs = g.records[arms[layer].setting]
+        means = tsa_means(recs, [layer])
+        speed = attention_speedup(dense, recs, [layer])
+        cols["keep_fraction"].append(means[0] if means else math.nan)
+        cols["sparsity"].append(means[1] if means else math.nan)
+        cols["tsa_n"].append(means[2] if means else 0)
+        cols["attention_speedup"].append(speed[0] if speed else math.nan)
+        cols["speed_n"].append(speed[1] if speed else 0)
+    for c, vals in cols.items():
+        table[c] = vals
+    present = [p for p in PREDICTORS if table[p].notna().any()]
+    return table, rho, rank_correlations(table, present)
+
+
+def _tau_label(tau: Optional[float]) -> str:
+    return "default" if tau is None else f"{tau:g}"
+
+
+def sensitivity_output(g: Group, method: str, tau: Optional[float], arms: Mapping[int, ArmRun], drift, *,
+                       n_resamples: int, seed: int, confidence: float) -> Tuple[List[dict], List[str]]:
+    """(tidy rows, summary lines) of one (model, length, method, tau): :func:`sensitivity_rows`
+    (``layer_drop``, ``layer_drift``, ``drift_drop_spearman``) plus ``layer_<predictor>`` per
+    layer and ``<predictor>_drop_spearman`` for the recorded :data:`PREDICTORS`."""
+    from tsa_bench.analysis.sensitivity import sensitivity_rows
+    from tsa_bench.results import row
+
+    where = f"{g.model} {_fmt_len(g.seq_len)} {method} tau={_tau_label(tau)}"
+    try:
+        table, rho, rhos = sensitivity_of(g, arms, drift, n_resamples=n_resamples, seed=seed, confidence=confidence)
+    except ValueError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    core = dict(model=g.model, seq_len=g.seq_len, method=method, tau=tau)
+    rows = sensitivity_rows(table, rho, **core, baseline_run_key=g.dense.run_key)
+    for t in table.itertuples(index=False):
+        arm = arms[int(t.layer)]
+        for p in PREDICTORS:
+            v = getattr(t, p)
+            if v == v:                                            # NaN: not recorded
+                n = int(t.speed_n if p == "attention_speedup" else t.tsa_n)
+                rows.append({**row(f"layer_{p}", _r(v), n=n, layer=int(t.layer), task="all", **core),
+                             "setting": arm.setting, "run_key": arm.run_key, "baseline_run_key": g.dense.run_key})
+    for p, value in rhos.items():
+        rows.append({**row(f"{p}_drop_spearman", _r(value), n=len(table), task="all", **core),
+                     "baseline_run_key": g.dense.run_key})
+    lines = [[str(int(t.layer)), _num(t.drift, ".4f"), _num(t.score, ".2f"),
+              f"{t.drop:+.2f} [{t.drop_lo:+.2f}, {t.drop_hi:+.2f}]", _num(t.sparsity, ".3f"),
+              _num(t.keep_fraction, ".3f"), _num(t.attention_speedup, ".2f")]
+             for t in table.itertuples(index=False)]
+    summary = [f"{where} in one layer: {g.n} samples, dense {table['dense'].iloc[0]:.2f}; "
+               f"drop = dense - score (points) [paired {confidence * 100:g}% bootstrap]",
+               _fmt_table(["layer", "drift", "score", "drop [lo, hi]", "sparsity", "keep", "attn x"], lines),
+               "Spearman rho with the drop: " + ", ".join(
+                   f"{name} {_num(v, '+.2f')}" for name, v in [("drift", rho), *rhos.items()]),
+               ""]
+    return rows, summary
+
+
+def run_sensitivity(args) -> int:
+    from tsa_bench.analysis.sensitivity import load_drift
+
+    _check_stats_args(args)
+    try:
+        drift = load_drift(args.drift)
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"--drift: {exc}") from None
+    # dense and the single-layer arms only: the other arms' samples do not narrow the common ids
+    arms = [a for a in find_arms(args.run_dirs) if _is_dense(a) or _single_layer(a)]
+    if not any(_single_layer(a) for a in arms):
+        raise UsageError("no arm runs TSA in exactly one layer (run e.g. `tsa-bench ruler --method dense,tsa "
+                         "--sparse-layers \"L0=0;L1=1;L2=2\"`)")
+    groups = [g for g in group_arms(arms, args.model_name) if len(g.arms) > 1]
+    for g in groups:
+        say_dropped(g, _stderr)
+    if args.dry_run:
+        return _dry_run(groups)
+    rows: List[dict] = []
+    summary: List[str] = []
+    for g in groups:
+        for (method, tau), layer_arms in single_layer_sets(g).items():
+            r, s = sensitivity_output(g, method, tau, layer_arms, drift, n_resamples=args.resamples,
+                                      seed=args.seed, confidence=args.confidence)
+            rows += r
+            summary += s
+    writer = _writer(args, "sensitivity", {**_config(args, groups), "drift": str(args.drift)})
+    writer.add(rows)
+    if args.print_table:
+        print("\n".join(summary))
+    print(writer.write())
+    return 0
+
+
+def run(args) -> int:
+    if getattr(args, "study_command", None) == "tables":
+        return run_tables(args)
+    if getattr(args, "study_command", None) == "sensitivity":
+        return run_sensitivity(args)
+    raise UsageError("choose a subcommand: `tsa-bench study tables RUN_DIR ...` or "
+                     "`tsa-bench study sensitivity RUN_DIR ... --drift PROFILE`")

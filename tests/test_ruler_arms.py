@@ -156,3 +156,18 @@ def test_dropped_flag_reaches_the_plan_and_bad_values_are_usage_errors(tmp_path,
     assert main(base + ["--dropped", "local:8"]) == 0
     cfg = json.loads(pd.read_csv(next((tmp_path / "out").glob("*.csv"))).config.iloc[0])
     assert cfg["plan"]["tsa"]["dropped"] == "local:8"
+
+
+def test_weights_fingerprint_of_a_file_ignores_its_neighbours(tmp_path):
+    """A GGUF's loaded config names its folder; other models in that folder must not change the
+    key (they did: the same Gemma GGUF beside or without SmolLM2's gave two run keys)."""
+    from types import SimpleNamespace
+    d = tmp_path / "models"
+    d.mkdir()
+    g = d / "gemma.gguf"
+    g.write_bytes(b"GGUF" + b"g" * 64)
+    model = SimpleNamespace(config=SimpleNamespace(_name_or_path=str(d)))
+    alone = R.weights_fingerprint(str(g), model)
+    (d / "smol.gguf").write_bytes(b"GGUF" + b"s" * 64)
+    assert R.weights_fingerprint(str(g), model) == alone
+    assert R.weights_fingerprint(str(d), model) != alone        # a folder argument still counts its files

@@ -65,9 +65,10 @@ def timed(task, index, score, attn: Optional[Dict[int, float]] = None, prefill: 
 
 # Four samples (2 tasks x 2). Dense: 10 ms per layer on samples 0-2, 40 ms on sample 3.
 # TSA in layers 1 and 3: 5 ms there on samples 0-2, 10 ms on sample 3; the other layers as dense.
-#   attention_speedup = (2 * (3 * 10 + 40)) / (2 * (3 * 5 + 10)) = 140 / 50 = 2.8   (mean of ratios: 2.5)
-#   all layers: 4 * 70 / (50 + 2 * 70) = 280 / 190
-#   TTFT: dense 0.5 s each (2.0 s), TSA 0.4, 0.4, 0.4, 0.3 (1.5 s): 2.0 / 1.5
+#   attention_speedup: per-sample ratios 2, 2, 2, 4 -> median 2.0 (ratio of sums, the _total:
+#   (2 * (3 * 10 + 40)) / (2 * (3 * 5 + 10)) = 140 / 50 = 2.8; mean of ratios: 2.5)
+#   all layers: per sample 40 / 30 (x3) and 160 / 100 -> median 4 / 3
+#   TTFT: dense 0.5 s each, TSA 0.4, 0.4, 0.4, 0.3: median ratio 1.25; total 2.0 / 1.5
 #   tsa_layers {1: [keep .4, sparsity .7], 3: [.2, .9]}: keep 0.3, sparsity 0.8
 # xattention (no TSA): half of dense in every layer -> 2.0 over every layer, no sparsity rows.
 SAMPLES = [(t, i) for t in TASKS for i in range(2)]
@@ -120,13 +121,15 @@ def value(df: pd.DataFrame, setting: str, metric: str, task: str = "all") -> pd.
     return sel.iloc[0]
 
 
-def test_speed_rows_are_ratios_of_sums_over_the_sparse_layers(tmp_path, capsys):
+def test_speed_rows_are_median_ratios_over_the_sparse_layers(tmp_path, capsys):
     rc, out, err, df = tables(capsys, tmp_path, standard_run(tmp_path / "run"))
     assert rc == 0, err
     tsa, x = "tsa tau=0.005 half", "xattention"
-    assert value(df, tsa, "attention_speedup").value == pytest.approx(2.8, abs=1e-4)
-    assert value(df, tsa, "attention_speedup_all_layers").value == pytest.approx(280 / 190, abs=1e-4)
-    assert value(df, tsa, "ttft_speedup").value == pytest.approx(2.0 / 1.5, abs=1e-4)
+    assert value(df, tsa, "attention_speedup").value == pytest.approx(2.0, abs=1e-4)
+    assert value(df, tsa, "attention_speedup_total").value == pytest.approx(2.8, abs=1e-4)
+    assert value(df, tsa, "attention_speedup_all_layers").value == pytest.approx(4 / 3, abs=1e-4)
+    assert value(df, tsa, "ttft_speedup").value == pytest.approx(1.25, abs=1e-4)
+    assert value(df, tsa, "ttft_speedup_total").value == pytest.approx(2.0 / 1.5, abs=1e-4)
     assert value(df, tsa, "keep_fraction").value == pytest.approx(0.3)
     assert value(df, tsa, "attention_sparsity").value == pytest.approx(0.8)
     assert value(df, tsa, "attention_speedup").n == 4
@@ -151,7 +154,7 @@ def test_score_rows_pair_every_arm_with_dense(tmp_path, capsys):
     config = json.loads(df.config.iloc[0])
     assert config["command"].startswith("tsa-bench study tables ") and config["resamples"] == 200
     summary = [line for line in out.splitlines() if line.startswith("tsa tau=0.005 half")]
-    assert len(summary) == 1 and "-25.00 [" in summary[0] and " 2.80 " in summary[0]
+    assert len(summary) == 1 and "-25.00 [" in summary[0] and " 2.00 " in summary[0]
 
 
 def test_only_ids_in_every_arm_are_compared(tmp_path, capsys):
@@ -188,7 +191,7 @@ def test_without_attention_times_there_is_no_attention_speedup_row(tmp_path, cap
     assert rc == 0, err
     assert not df.metric.isin(["attention_speedup", "attention_speedup_all_layers"]).any()
     assert f"{MODEL} 4k: no attention_speedup row for any arm: the records lack attn_ms" in err
-    assert value(df, "tsa tau=0.005 half", "ttft_speedup").value == pytest.approx(2.0 / 1.5, abs=1e-4)
+    assert value(df, "tsa tau=0.005 half", "ttft_speedup").value == pytest.approx(1.25, abs=1e-4)
 
 
 def test_predictions_of_another_machine_are_found_under_preds(tmp_path, capsys):
@@ -199,7 +202,7 @@ def test_predictions_of_another_machine_are_found_under_preds(tmp_path, capsys):
         df.to_csv(csv, index=False)
     rc, _, err, df = tables(capsys, tmp_path, run)
     assert rc == 0, err
-    assert value(df, "tsa tau=0.005 half", "attention_speedup").value == pytest.approx(2.8, abs=1e-4)
+    assert value(df, "tsa tau=0.005 half", "attention_speedup_total").value == pytest.approx(2.8, abs=1e-4)
 
 
 def test_figures_draw_from_the_study_csv(tmp_path, capsys):
@@ -214,7 +217,7 @@ def test_figures_draw_from_the_study_csv(tmp_path, capsys):
     assert [Path(p).name for p in pngs] == ["accuracy_score_vs_speedup.png", "accuracy_score_vs_sparsity.png"]
     assert all(Path(p).stat().st_size > 1000 for p in pngs)
     drawn = score_vs_speedup(read_csvs([csv]), tmp_path / "check.png").drawn[(MODEL, L)]["points"]
-    assert sorted(map(tuple, drawn.round(4).tolist())) == [(1.0, 75.0), (2.0, 50.0), (2.8, 50.0)]
+    assert sorted(map(tuple, drawn.round(4).tolist())) == [(1.0, 75.0), (2.0, 50.0), (2.0, 50.0)]
 
 
 def single_layer_arm(run: Path, layer: int, scores: Sequence[int], sparsity: float) -> Path:

@@ -722,11 +722,17 @@ def weights_fingerprint(model_arg, model=None) -> Optional[str]:
     commit = getattr(config, "_commit_hash", None)
     if commit:
         parts.append(f"commit:{commit}")
+    arg_file = Path(str(model_arg)).expanduser() if model_arg else None
+    arg_file = arg_file.resolve() if arg_file is not None and arg_file.is_file() else None
     for cand in dict.fromkeys(str(c) for c in (model_arg, getattr(config, "_name_or_path", None)) if c):
         path = Path(cand).expanduser()
         if not path.exists():
             continue
         path = path.resolve()
+        if arg_file is not None and path.is_dir() and arg_file.parent == path:
+            # a single weights file (a GGUF): transformers records its folder as _name_or_path;
+            # the other files of that folder (other models) are not these weights
+            continue
         files = [path] if path.is_file() else sorted(
             f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name == "config.json"))
         for f in files:

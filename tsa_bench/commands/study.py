@@ -11,12 +11,15 @@ the samples every arm of that group answered, and writes the rows that
   percentile bootstrap; see :mod:`tsa_bench.analysis.paired`);
 * per arm and length (``task = "all"``, ``n`` = samples used), with ``S`` the common samples:
 
-  - ``attention_speedup`` = sum over ``S`` and over the arm's sparse layers of dense ``attn_ms``
-    / the same sum of the arm's ``attn_ms``. Sparse layers: ``plan.sparse_layers`` for a TSA
-    arm; every layer for a sparse method without TSA (``xattention``) and for dense (whose
-    ratio is then exactly 1);
-  - ``attention_speedup_all_layers``: the same over every layer the dense records time;
-  - ``ttft_speedup`` = sum over ``S`` of dense ``prefill_s`` / sum of the arm's ``prefill_s``;
+  - ``attention_speedup`` = the median over ``S`` of the per-sample ratio: dense ``attn_ms``
+    summed over the arm's sparse layers / the arm's ``attn_ms`` over the same layers. Sparse
+    layers: ``plan.sparse_layers`` for a TSA arm; every layer for a sparse method without TSA
+    (``xattention``) and for dense (whose ratio is then exactly 1). The median, as every timing
+    here, so a one-off stall (a kernel compiled inside a timed sample) does not decide it;
+  - ``attention_speedup_total``: the ratio of the sums over ``S`` instead (stalls included);
+  - ``attention_speedup_all_layers``: the median ratio over every layer the dense records time;
+  - ``ttft_speedup`` = the median over ``S`` of dense ``prefill_s`` / the arm's ``prefill_s``;
+    ``ttft_speedup_total`` the ratio of the sums;
   - ``attention_sparsity`` / ``keep_fraction``: the mean over ``S`` and over the layers in each
     record's ``tsa_layers`` of their attention-map sparsity / kept fraction (dense: 0 / 1; a
     sparse method without ``tsa_layers``: no row).
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -58,6 +62,7 @@ See docs/study.md for the exact definitions.
 """
 SPEED_METRIC_ORDER = ("attention_speedup", "attention_speedup_all_layers", "ttft_speedup",
                       "attention_sparsity", "keep_fraction")
+ROW_METRICS = SPEED_METRIC_ORDER + ("attention_speedup_total", "ttft_speedup_total")    # written to the CSV
 PREDICTORS = ("sparsity", "keep_fraction", "attention_speedup")      # per-layer columns, sensitivity
 
 
@@ -335,49 +340,54 @@ def _fmt_len(L: int) -> str:
 
 # --------------------------------------------------------------------------- the speed figures
 
+def _ratio(pairs: Sequence[Tuple[float, float]], stat: str, what: str) -> float:
+    """``stat="median"``: the median over samples of ``num / den`` (robust to a one-off stall,
+    e.g. a kernel compiled inside a timed sample); ``"total"``: sum of ``num`` / sum of ``den``."""
+    if stat == "total":
+        den = sum(d for _, d in pairs)
+        if den <= 0.0:
+            raise ValueError(f"{what} of the arm sums to {den} over {len(pairs)} samples")
+        return sum(n for n, _ in pairs) / den
+    if stat != "median":
+        raise ValueError(f"stat must be 'median' or 'total', got {stat!r}")
+    if any(d <= 0.0 for _, d in pairs):
+        raise ValueError(f"{what} of the arm is <= 0 on some sample")
+    return float(statistics.median(n / d for n, d in pairs))
+
+
 def attention_speedup(dense: Mapping[str, dict], arm: Mapping[str, dict],
-                      layers: Optional[Sequence[int]]) -> Optional[Tuple[float, int]]:
-    """``(sum of dense attn_ms / sum of the arm's attn_ms, samples used)`` over the ids of
-    ``dense`` (records matched by id) and over ``layers`` (``None``: every layer the dense
-    record times). A sample counts when both its records time every one of those layers.
-    None when no sample does, or ``layers`` is empty."""
+                      layers: Optional[Sequence[int]], stat: str = "median") -> Optional[Tuple[float, int]]:
+    """``(speedup, samples used)``: per sample, the dense ``attn_ms`` summed over ``layers``
+    (``None``: every layer the dense record times) over the arm's; then the median of those
+    per-sample ratios (``stat="median"``, the headline) or the ratio of the sums over samples
+    (``"total"``: includes any one-off stall). Records are matched by id; a sample counts when
+    both its records time every one of those layers. None when no sample does, or ``layers``
+    is empty."""
     if layers is not None and not layers:
         return None
-    num = den = 0.0
-    n = 0
+    pairs = []
     for i, d in dense.items():
         a = arm.get(i)
         td, ta = d.get("attn_ms") or {}, (a or {}).get("attn_ms") or {}
         keys = [str(k) for k in layers] if layers is not None else list(td)
         if not keys or any(k not in td or k not in ta for k in keys):
             continue
-        num += sum(float(td[k]) for k in keys)
-        den += sum(float(ta[k]) for k in keys)
-        n += 1
-    if n == 0:
+        pairs.append((sum(float(td[k]) for k in keys), sum(float(ta[k]) for k in keys)))
+    if not pairs:
         return None
-    if den <= 0.0:
-        raise ValueError(f"attention time of the sparse arm sums to {den} ms over {n} samples")
-    return num / den, n
+    return _ratio(pairs, stat, "attention time"), len(pairs)
 
 
-def ttft_speedup(dense: Mapping[str, dict], arm: Mapping[str, dict]) -> Optional[Tuple[float, int]]:
-    """``(sum of dense prefill_s / sum of the arm's prefill_s, samples used)`` over the ids of
-    ``dense`` where both records hold ``prefill_s``; None when none do."""
-    num = den = 0.0
-    n = 0
-    for i, d in dense.items():
-        a = arm.get(i) or {}
-        if d.get("prefill_s") is None or a.get("prefill_s") is None:
-            continue
-        num += float(d["prefill_s"])
-        den += float(a["prefill_s"])
-        n += 1
-    if n == 0:
+def ttft_speedup(dense: Mapping[str, dict], arm: Mapping[str, dict],
+                 stat: str = "median") -> Optional[Tuple[float, int]]:
+    """``(dense prefill_s / the arm's, samples used)``: median of the per-sample ratios
+    (``stat="median"``) or ratio of the sums (``"total"``) over the ids of ``dense`` where both
+    records hold ``prefill_s``; None when none do."""
+    pairs = [(float(d["prefill_s"]), float((arm.get(i) or {})["prefill_s"])) for i, d in dense.items()
+             if d.get("prefill_s") is not None and (arm.get(i) or {}).get("prefill_s") is not None]
+    if not pairs:
         return None
-    if den <= 0.0:
-        raise ValueError(f"prefill time of the arm sums to {den} s over {n} samples")
-    return num / den, n
+    return _ratio(pairs, stat, "prefill time"), len(pairs)
 
 
 def tsa_means(records: Mapping[str, dict], layers: Optional[Sequence[int]] = None
@@ -407,7 +417,9 @@ def speed_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
     out: Dict[str, Tuple[float, int]] = {}
     for metric, value in (("attention_speedup", attention_speedup(dense, recs, arm.speed_layers())),
                           ("attention_speedup_all_layers", attention_speedup(dense, recs, None)),
-                          ("ttft_speedup", ttft_speedup(dense, recs))):
+                          ("ttft_speedup", ttft_speedup(dense, recs)),
+                          ("attention_speedup_total", attention_speedup(dense, recs, arm.speed_layers(), "total")),
+                          ("ttft_speedup_total", ttft_speedup(dense, recs, "total"))):
         if value is not None:
             out[metric] = value
     if _is_dense(arm):
@@ -525,7 +537,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
             core = {k: v for k, v in identities[a.setting].items() if k in ("method", "tau", "model", "weights",
                                                                            "dtype")}
             extra = {k: v for k, v in identities[a.setting].items() if k not in core}
-            for metric in SPEED_METRIC_ORDER:
+            for metric in ROW_METRICS:
                 if metric in speed:
                     value, n = speed[metric]
                     rows.append({**row(metric, _r(value), n=n, task="all", seq_len=g.seq_len, **core), **extra})

@@ -13,7 +13,9 @@
 #   bash scripts/gpu_study.sh stash site524 join gemma   # last part: Gemma joined, its jobs go
 #   bash scripts/gpu_study.sh wait:540                   # later calls: wait (at most N s) and collect
 #
-# Queues (scripts/study_jobs.sh names the jobs): QUEUE0 on GPU 0 and QUEUE1 on GPU 1.
+# Queues (scripts/study_jobs.sh names the jobs): QUEUE0 on GPU 0 and QUEUE1 on GPU 1. The
+# 2026-11-30 session ran the defaults; the rest of the issue-12 grid is, e.g.,
+#   QUEUE0="smol-8k" QUEUE1="smol-4k-rest smol-4k-sparse gemma-short smol-calibrate"
 set -uo pipefail
 : "${OUT:?set OUT}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=0

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One GPU's job queue for scripts/gpu_study.sh (run detached from /tmp/repo):
 #   bash scripts/study_jobs.sh GPU JOB [JOB ...]
-# Every job writes under /tmp/runs/<job> and logs to /tmp/jobs/<job>.log. Jobs other than
+# Every job writes under /tmp/runs/<job> and logs to /tmp/jobs/<job>.log. To resume arms run in
+# an earlier session (dense, say) put their predictions under /tmp/runs/<dir>/preds/ first (e.g.
+# extract results/accuracy/runs-*.tgz into a carried folder and copy it there): the run key
+# hashes the GGUF's content, so they are found again on a new machine. Jobs other than
 # `final2gpu` stop at the deadline (DEADLINE_S after the queue starts, default 18 min): the
 # ruler runs resume, so a job cut short loses nothing it has written.
 set -uo pipefail
@@ -77,6 +80,29 @@ EOF
         --tau 0.005,0.02 --sparse-layers "all=5,11,17${prof:+;drift=$prof}" --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
         --decode-attention "$(decode_attn)" --out-dir /tmp/runs/gemma-32k ;;
+    smol-4k-rest)  # the taus of layers 15-29 not run on 2026-11-30, and the dropped-row variant
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
+        --tau 0.05,0.002,0.01 --sparse-layers "half=15-29" --decode-attention "$(decode_attn)" \
+        --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method tsa --tau 0.005 --dropped local:64 \
+        --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" --seq-lens 4k -n $N \
+        --out-dir /tmp/runs/smol-4k-dropped ;;
+    smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
+        --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \
+        --decode-attention "$(decode_attn)" --seq-lens 8k -n $N --out-dir /tmp/runs/smol-8k ;;
+    smol-calibrate)  # issue 12 item 5 on the GPU: search on seed 1042, held-out on seed 42
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 4k \
+        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 25 \
+        --layer-sets "drift=$DRIFT4K;half=15-29;late=23-29" --eval-n 50 --objective sparsity \
+        --engine batched --data generated --words builtin --out-dir /tmp/runs/smol-calibrate ;;
+    gemma-short)   # Gemma 4K-16K: dense (resumes if carried) and TSA tau 0.005 in the global layers
+      for i in $(seq 60); do [ -f $M/gemma.ok ] && break; sleep 5; done
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
+        --tau 0.005 --sparse-layers "all=5,11,17;drift=results/layers/gemma3-270m-32k.json" \
+        --seq-lens 4k,8k,16k --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
+        --decode-attention "$(decode_attn)" --out-dir /tmp/runs/gemma-short ;;
     final2gpu)     # issue 10 item 6: one GPU, then two, alone on the host, same samples
       for i in $(seq 200); do [ -f /tmp/jobs/queue1.done ] && break; [ "$(left)" -le 0 ] && break; sleep 5; done
       sleep 2

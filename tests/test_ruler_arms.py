@@ -171,3 +171,14 @@ def test_weights_fingerprint_of_a_file_ignores_its_neighbours(tmp_path):
     (d / "smol.gguf").write_bytes(b"GGUF" + b"s" * 64)
     assert R.weights_fingerprint(str(g), model) == alone
     assert R.weights_fingerprint(str(d), model) != alone        # a folder argument still counts its files
+
+
+@pytest.mark.parametrize("n", [32630, 4096, 4001, 40, 3], ids=["32k-prompt", "multiple-of-16", "odd", "short", "tiny"])
+def test_warm_variants_cover_a_multiple_of_16(n):
+    """The warm-up lengths include a multiple of 16 (Triton's divisibility specialisation) and
+    several other residues, all shorter than the prompt and non-empty."""
+    ids = list(range(n))
+    lens = [len(v) for v in R.warm_variants(ids)]
+    assert all(1 <= L < n for L in lens)
+    if n > 16:
+        assert any(L % 16 == 0 for L in lens) and len({L % 16 for L in lens}) >= 5

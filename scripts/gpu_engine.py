@@ -79,6 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="dense,tsa")
     ap.add_argument("--tau", type=float, default=0.005)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--refill", action="store_true", help="continuous batching in the engine")
     ap.add_argument("--decode-attention", default="sdpa", choices=["sdpa", "grouped"],
                     help="the engine's decode attention (tsa_bench.hf.attention.set_decode_attention)")
     ap.add_argument("--template", default="auto")
@@ -100,12 +101,14 @@ def main(argv=None) -> int:
     print(f"{len(samples)} samples at {L} tokens, template {template}", flush=True)
 
     rows = []
-    ident = dict(model=args.model, seq_len=L, weights="pretrained", stage=f"decode-{args.decode_attention}")
+    ident = dict(model=args.model, seq_len=L, weights="pretrained",
+                 stage=f"decode-{args.decode_attention}" + ("-refill" if args.refill else ""))
     for method in args.methods.split(","):
         cfg = TSAConfig(tau=args.tau) if method != "dense" else None
         plan = configure_tsa(model, method=method, tsa_config=cfg, model_name=args.model)
         model.to(torch.bfloat16)
-        engine = BatchedGreedy(model, batch_size=args.batch_size, decode_attention=args.decode_attention)
+        engine = BatchedGreedy(model, batch_size=args.batch_size, decode_attention=args.decode_attention,
+                               refill=args.refill)
         engine.generate(prompts[:1], [2])                      # capture the graph outside the timing
         _sync(device)
         t0 = time.perf_counter()
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
         if diffs:                                  # the differing samples again, both paths in fp32
             model.to(torch.float32)
             eng32 = BatchedGreedy(model, batch_size=args.batch_size, cuda_graphs=False,
-                                  decode_attention=args.decode_attention)
+                                  decode_attention=args.decode_attention, refill=args.refill)
             fast32 = eng32.generate([prompts[i] for i in diffs], [max_new[i] for i in diffs])
             for j, i in enumerate(diffs):
                 toks32, _, _ = reference(model, prompts[i], max_new[i], device)
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
                   f" equal", flush=True)
     config = dict(model=args.model, seq_len=L, tasks=tasks, n=args.n, methods=args.methods, tau=args.tau,
                   batch_size=args.batch_size, template=template, generator=GENERATOR_VERSION,
-                  decode_attention=args.decode_attention)
+                  decode_attention=args.decode_attention, refill=args.refill)
     w = ResultWriter("engine", config, device=device, out_dir=Path(args.out))
     w.add(rows)
     print(w.write())

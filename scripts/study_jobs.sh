@@ -21,6 +21,7 @@ START=$(date +%s); DEADLINE=$((START + ${DEADLINE_S:-1080}))
 N=${N:-50}
 left() { echo $((DEADLINE - $(date +%s))); }
 decode_attn() { cat /tmp/jobs/decode_attn 2>/dev/null || echo sdpa; }
+refill_flag() { [ "$(cat /tmp/jobs/refill 2>/dev/null)" = yes ] && echo --refill; }
 RULER="python3 -m tsa_bench ruler --engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
 
 job() {
@@ -34,6 +35,8 @@ job() {
         CUDA_VISIBLE_DEVICES=$G timeout 400 python3 scripts/gpu_engine.py --model $SMOL --seq-len 4k -n 2 \
           --methods dense,tsa --decode-attention $a --out /tmp/runs/engine-$a | tail -4
       done
+      CUDA_VISIBLE_DEVICES=$G timeout 400 python3 scripts/gpu_engine.py --model $SMOL --seq-len 4k -n 2 \
+        --methods dense,tsa --decode-attention grouped --refill --out /tmp/runs/engine-refill | tail -4
       python3 - <<'EOF'
 import glob, pandas as pd
 s = {}
@@ -46,22 +49,29 @@ for a in ("sdpa", "grouped"):
 pick = "grouped" if s["grouped"][0] < 0.9 * s["sdpa"][0] and s["grouped"][1] >= s["sdpa"][1] - 0.08 else "sdpa"
 open("/tmp/jobs/decode_attn", "w").write(pick)
 print("decode attention for the study:", pick)
+r = glob.glob("/tmp/runs/engine-refill/*.csv")
+if r:     # continuous batching: same tokens as the grouped engine expected, and faster
+    d = pd.concat([pd.read_csv(p) for p in r])
+    sp, eq = d[d.metric == "engine_s_per_sample"].value.mean(), d[d.metric == "equal_fraction"].value.mean()
+    use = pick == "grouped" and sp < s["grouped"][0] and eq >= s["grouped"][1] - 0.04
+    open("/tmp/jobs/refill", "w").write("yes" if use else "no")
+    print("refill engine s/sample", round(sp, 4), "equal fraction", round(eq, 3), "-> refill:", use)
 EOF
       ;;
     smol-4k-tsa)   # issue 12: tau sweep x {drift, half} on all 13 tasks at 4K
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=$DRIFT4K;half=15-29" \
-        --decode-attention "$(decode_attn)" --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k ;;
+        --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k ;;
     smol-4k-sparse)  # composed methods, same samples (dense comes from smol-4k-tsa)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
         --method xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa \
-        --tau 0.005 --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" \
+        --tau 0.005 --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" $(refill_flag) \
         --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k ;;
     smol-sens)     # which layers hurt: TSA in one layer at a time, tau 0.02, 4 NIAH tasks x 25
       sets=$(python3 -c "print(';'.join(f'l{i}={i}' for i in range(30)))")
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.02 \
         --sparse-layers "$sets" --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 \
-        --decode-attention "$(decode_attn)" --seq-lens 4k -n 25 --out-dir /tmp/runs/smol-sens ;;
+        --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 4k -n 25 --out-dir /tmp/runs/smol-sens ;;
     gemma)         # issue 10 item 2 and issue 12's Gemma rows
       for i in $(seq 60); do [ -f $M/gemma.ok ] && break; sleep 5; done
       [ -f $M/gemma.ok ] || { echo "no Gemma GGUF"; return 1; }
@@ -74,23 +84,23 @@ EOF
         --device cuda --out-dir /tmp/runs/gemma-layers | tail -6
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense --template base \
         --seq-lens 4k,8k,16k,32k --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
-        --decode-attention "$(decode_attn)" --out-dir /tmp/runs/gemma-niah
+        --decode-attention "$(decode_attn)" $(refill_flag) --out-dir /tmp/runs/gemma-niah
       prof=$(ls /tmp/runs/gemma-layers/*.json 2>/dev/null | head -1)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
         --tau 0.005,0.02 --sparse-layers "all=5,11,17${prof:+;drift=$prof}" --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
-        --decode-attention "$(decode_attn)" --out-dir /tmp/runs/gemma-32k ;;
+        --decode-attention "$(decode_attn)" $(refill_flag) --out-dir /tmp/runs/gemma-32k ;;
     smol-4k-rest)  # the taus of layers 15-29 not run on 2026-11-30, and the dropped-row variant
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
-        --tau 0.05,0.002,0.01 --sparse-layers "half=15-29" --decode-attention "$(decode_attn)" \
+        --tau 0.05,0.002,0.01 --sparse-layers "half=15-29" --decode-attention "$(decode_attn)" $(refill_flag) \
         --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method tsa --tau 0.005 --dropped local:64 \
-        --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" --seq-lens 4k -n $N \
+        --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 4k -n $N \
         --out-dir /tmp/runs/smol-4k-dropped ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \
-        --decode-attention "$(decode_attn)" --seq-lens 8k -n $N --out-dir /tmp/runs/smol-8k ;;
+        --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 8k -n $N --out-dir /tmp/runs/smol-8k ;;
     smol-calibrate)  # issue 12 item 5 on the GPU: search on seed 1042, held-out on seed 42
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 4k \
         --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 25 \
@@ -102,7 +112,7 @@ EOF
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
         --tau 0.005 --sparse-layers "all=5,11,17;drift=results/layers/gemma3-270m-32k.json" \
         --seq-lens 4k,8k,16k --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
-        --decode-attention "$(decode_attn)" --out-dir /tmp/runs/gemma-short ;;
+        --decode-attention "$(decode_attn)" $(refill_flag) --out-dir /tmp/runs/gemma-short ;;
     final2gpu)     # issue 10 item 6: one GPU, then two, alone on the host, same samples
       for i in $(seq 200); do [ -f /tmp/jobs/queue1.done ] && break; [ "$(left)" -le 0 ] && break; sleep 5; done
       sleep 2

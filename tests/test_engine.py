@@ -180,3 +180,55 @@ def test_engine_with_grouped_decode_equals_generate(llama, gemma, monkeypatch):
             BatchedGreedy(model, batch_size=1, decode_attention="sdpa")
     with pytest.raises(ValueError, match="decode attention must be one of"):
         BatchedGreedy(llama, decode_attention="flash")
+
+
+@pytest.mark.parametrize("batch, check", [(1, 1), (2, 3), (3, 4), (16, 2)],
+                         ids=["b1", "b2-check3", "b3-check4", "b16-more-rows-than-samples"])
+def test_refill_equals_generate(llama, batch, check):
+    """Continuous batching: rows take the next sample as theirs finish (EOS or budget), in any
+    order; every sample's tokens are generate's, each prefill is reported once, in order."""
+    prompts = _prompts(llama.config.vocab_size, seed=8)
+    free = _reference(llama, prompts, MAX_NEW)
+    eos = free[2][3]                       # row of sample 2 stops early, others run to their budget
+    llama.generation_config.eos_token_id = eos
+    try:
+        ref = _reference(llama, prompts, MAX_NEW)
+        seen = []
+        eng = BatchedGreedy(llama, batch_size=batch, check_every=check, refill=True, on_prefill=seen.append)
+        out = eng.generate(prompts, MAX_NEW)
+    finally:
+        llama.generation_config.eos_token_id = None
+    assert [o.tokens for o in out] == ref
+    assert any(len(r) < k for r, k in zip(ref, MAX_NEW))          # EOS did stop a sample early
+    assert seen == list(range(len(prompts)))
+    assert all(o.prefill_s > 0 and o.decode_s >= 0 for o in out)
+    assert sum(o.decode_s for o in out) > 0                         # decode time is shared out
+
+
+def test_refill_hybrid_and_grouped_equal_generate(gemma):
+    """Refill on the Gemma-style hybrid (banded sliding-window masks per row) with the grouped
+    decode attention: a refilled row must not see its previous sample's cache."""
+    prompts = _prompts(gemma.config.vocab_size, seed=9, lengths=(40, 9, 33, 21, 50, 12))
+    max_new = [7, 25, 3, 12, 9, 18]
+    ref = _reference(gemma, prompts, max_new)
+    try:
+        out = BatchedGreedy(gemma, batch_size=2, check_every=2, eos_ids=[], refill=True,
+                            decode_attention="grouped").generate(prompts, max_new)
+    finally:
+        BatchedGreedy(gemma, batch_size=1, decode_attention="sdpa")
+    assert [o.tokens for o in out] == ref
+
+
+@pytest.mark.gpu
+def test_gpu_graphs_refill_and_grouped_equal_the_eager_engine():
+    """CUDA graphs (captured once, replayed across refills) give the tokens of the same engine
+    run eagerly, fp32, for SDPA and grouped decode, with and without refill."""
+    model, _ = load_model("tiny-llama", weights="random", dtype="fp32", device="cuda", method="dense", seed=3)
+    prompts = _prompts(model.config.vocab_size, seed=10)
+    want = BatchedGreedy(model, batch_size=3, cuda_graphs=False, eos_ids=[]).generate(prompts, MAX_NEW)
+    for refill in (False, True):
+        for attn in ("sdpa", "grouped"):
+            eng = BatchedGreedy(model, batch_size=3, eos_ids=[], refill=refill, decode_attention=attn)
+            got = eng.generate(prompts, MAX_NEW)
+            assert [g.tokens for g in got] == [w.tokens for w in want], (refill, attn)
+            assert eng.graph_captures == 1

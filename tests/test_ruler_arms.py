@@ -182,3 +182,20 @@ def test_warm_variants_cover_a_multiple_of_16(n):
     assert all(1 <= L < n for L in lens)
     if n > 16:
         assert any(L % 16 == 0 for L in lens) and len({L % 16 for L in lens}) >= 5
+
+
+def test_refill_run_has_its_own_key_and_the_same_predictions(tmp_path, capsys):
+    """``--refill`` (continuous batching) writes a separate predictions file (engine in the key)
+    whose predictions equal the plain batched engine's, sample for sample."""
+    pytest.importorskip("tsa_bench.hf")
+    base = ["ruler", "--model", "tiny-llama", "--weights", "random", "--tokenizer", "toy", "--device", "cpu",
+            "--dtype", "fp32", "--seq-lens", "2k", "-n", "3", "--tasks", "vt,qa_1", "--method", "dense",
+            "--batch-size", "2", "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--data", "generated"]
+    assert main(base + ["--out-dir", str(tmp_path / "a")]) == 0
+    assert main(base + ["--out-dir", str(tmp_path / "b"), "--refill"]) == 0
+    (pa,), (pb,) = (list((tmp_path / d / "preds").glob("*.jsonl")) for d in "ab")
+    assert pa.name != pb.name
+    ra, rb = ({json.loads(x)["id"]: json.loads(x)["pred"] for x in p.read_text().splitlines()} for p in (pa, pb))
+    assert ra == rb and len(ra) == 6
+    eng = pd.read_csv(next((tmp_path / "b").glob("*.csv"))).engine.iloc[0]
+    assert eng == "batched-refill-b2"

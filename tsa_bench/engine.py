@@ -189,18 +189,24 @@ class BatchedGreedy:
         cap_multiple: the cache length is rounded up to a multiple of this (fewer graph shapes).
         on_prefill: called as ``on_prefill(index)`` right after sample ``index``'s prefill (the
             model's ``last_stats`` then describe that sample).
+        refill: continuous batching: a row whose sample has finished (EOS or its own token
+            budget, seen at the next check) takes the next sample at once (its prefill, then
+            decoding from its own position), instead of idling until the batch's longest row
+            ends. Each row still depends only on its own prompt, so the tokens are the same.
         decode_attention: ``"sdpa"`` or ``"grouped"`` (:func:`tsa_bench.hf.attention.grouped_decode_attention`,
             models loaded with the ``"tsa"`` attention only); None leaves the model as it is.
     """
 
     def __init__(self, model, *, batch_size: int = 16, cuda_graphs: bool = True, check_every: int = 8,
                  cap_multiple: int = 256, eos_ids: Optional[Sequence[int]] = None,
-                 on_prefill: Optional[Callable[[int], None]] = None, decode_attention: Optional[str] = None):
+                 on_prefill: Optional[Callable[[int], None]] = None, decode_attention: Optional[str] = None,
+                 refill: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if check_every < 1:
             raise ValueError(f"check_every must be >= 1, got {check_every}")
         self.model = model
+        self.refill = bool(refill)
         self.batch_size = int(batch_size)
         self.check_every = int(check_every)
         self.cap_multiple = int(cap_multiple)
@@ -233,6 +239,8 @@ class BatchedGreedy:
         """Greedy continuations of ``prompts`` (lists of token ids), in input order."""
         if len(prompts) != len(max_new_tokens):
             raise ValueError("prompts and max_new_tokens differ in length")
+        if self.refill:
+            return self._run_stream(list(prompts), [int(m) for m in max_new_tokens])
         out: List[Optional[Generation]] = [None] * len(prompts)
         for start in range(0, len(prompts), self.batch_size):
             idx = list(range(start, min(start + self.batch_size, len(prompts))))
@@ -312,6 +320,91 @@ class BatchedGreedy:
         return results
 
 
+    def _run_stream(self, prompts: List[Sequence[int]], max_new: List[int]) -> List[Generation]:
+        """Continuous batching (``refill=True``): rows are refilled as their samples finish."""
+        from collections import deque
+
+        n = len(prompts)
+        if n == 0:
+            return []
+        for m in max_new:
+            if m < 1:
+                raise ValueError(f"max_new_tokens must be >= 1, got {m}")
+        for p in prompts:
+            if len(p) < 1:
+                raise ValueError("empty prompt")
+        B, k = self.batch_size, self.check_every
+        # a finished row keeps stepping until the next check: room for check_every more slots
+        need = max(max(len(p) for p in prompts) + max(max_new) + k + 3, int(self.min_cap))
+        cap = int(math.ceil(need / self.cap_multiple) * self.cap_multiple)
+        st = self._state_for(cap)
+        st._ensure_out(max(max_new) + k + 1)
+        queue = deque(range(n))
+        sample_of: List[Optional[int]] = [None] * B
+        produced = [0] * B                   # tokens row r's sample has (first token included)
+        prefill_s, decode_s = [0.0] * n, [0.0] * n
+        done: List[Optional[Generation]] = [None] * n
+
+        def fill(r: int) -> None:
+            i = queue.popleft()
+            self._sync()
+            t0 = time.perf_counter()
+            tok, pkv = self._prefill(prompts[i])
+            st.cache.load_row(r, pkv, len(prompts[i]))
+            del pkv
+            st.cache.pos[r] = len(prompts[i])
+            st.tok[r, 0] = tok
+            st.out[r].zero_()
+            st.out[r, 0] = tok
+            st.rowstep[r] = 1
+            self._sync()
+            prefill_s[i] = time.perf_counter() - t0
+            sample_of[r], produced[r] = i, 1
+            if self.on_prefill is not None:
+                self.on_prefill(i)
+
+        def idle(r: int) -> None:            # nothing left to take: step harmlessly from slot 0
+            st.cache.pos[r] = 0
+            st.rowstep[r] = 0
+            st.tok[r, 0] = 0
+            sample_of[r] = None
+
+        with torch.inference_mode():
+            st.out.zero_()
+            st.cache.pos.zero_()
+            st.rowstep.zero_()
+            st.tok.zero_()
+            for r in range(B):
+                fill(r) if queue else idle(r)
+            if self.use_graphs and st.graph is None:
+                st._capture()
+            while any(i is not None for i in sample_of):
+                self._sync()
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    if st.graph is not None:
+                        st.graph.replay()
+                    else:
+                        st._step()
+                self._sync()
+                dt = time.perf_counter() - t0
+                rows = [r for r in range(B) if sample_of[r] is not None]
+                for r in rows:
+                    decode_s[sample_of[r]] += dt / len(rows)
+                    produced[r] += k
+                tokens = st.out[rows].tolist()
+                for r, row in zip(rows, tokens):
+                    i = sample_of[r]
+                    toks = row[: min(produced[r], max_new[i])]
+                    cut = next((j for j, t in enumerate(toks) if t in self.eos), None)
+                    if cut is None and len(toks) < max_new[i]:
+                        continue
+                    toks = toks if cut is None else toks[: cut + 1]
+                    done[i] = Generation(tokens=toks, prefill_s=prefill_s[i], decode_s=decode_s[i])
+                    fill(r) if queue else idle(r)
+        return done  # type: ignore[return-value]
+
+
 class _DecodeState:
     """Buffers (and on CUDA the captured graph) of one ``(batch, cap)`` decode shape."""
 
@@ -324,7 +417,7 @@ class _DecodeState:
         self.slots = torch.arange(cap, device=dev).view(1, cap)
         self.max_steps = 0
         self.out = None
-        self.step_i = torch.zeros(1, dtype=torch.long, device=dev)
+        self.rowstep = torch.zeros(B, dtype=torch.long, device=dev)    # next ``out`` column, per row
         self.graph = None
 
     def _masks(self):
@@ -348,10 +441,10 @@ class _DecodeState:
         out = model(input_ids=self.tok, attention_mask=self._masks(), position_ids=self.cache.pos.view(-1, 1),
                     use_cache=True, **{self.engine.cache_kw: self.cache})
         nxt = out.logits[:, -1].argmax(-1)
-        self.out.index_copy_(1, self.step_i, nxt.view(-1, 1))
+        self.out.scatter_(1, self.rowstep.view(-1, 1), nxt.view(-1, 1))
         self.tok.copy_(nxt.view(-1, 1))
         self.cache.pos.add_(1)
-        self.step_i.add_(1)
+        self.rowstep.add_(1).clamp_(max=self.out.shape[1] - 1)     # a finished row idles in the last column
 
     def _ensure_out(self, steps: int) -> None:
         B = self.engine.batch_size
@@ -366,7 +459,7 @@ class _DecodeState:
     def _capture_on_device(self) -> None:
         s = torch.cuda.Stream(self.engine.device)
         s.wait_stream(torch.cuda.current_stream(self.engine.device))
-        saved = (self.cache.pos.clone(), self.step_i.clone(), self.tok.clone())
+        saved = (self.cache.pos.clone(), self.rowstep.clone(), self.tok.clone())
         with torch.cuda.stream(s):
             for _ in range(2):                              # warm-up outside the graph
                 self._step()
@@ -375,7 +468,7 @@ class _DecodeState:
         with torch.cuda.graph(graph):
             self._step()
         self.cache.pos.copy_(saved[0])
-        self.step_i.copy_(saved[1])
+        self.rowstep.copy_(saved[1])
         self.tok.copy_(saved[2])
         self.graph = graph
         self.engine.graph_captures += 1
@@ -393,7 +486,7 @@ class _DecodeState:
                                                                            device=eng.device)])
         self.tok.copy_(firsts.view(-1, 1))
         self.out[:, 0].copy_(firsts)
-        self.step_i.fill_(1)
+        self.rowstep.fill_(1)
         if eng.use_graphs and self.graph is None:
             self._capture()
         done_upto = 1

@@ -85,6 +85,9 @@ def add_model_arguments(p) -> None:
     p.add_argument("--decode-attention", default="sdpa", choices=["sdpa", "grouped"],
                    help="batched engine's decode attention: sdpa (transformers' SDPA, K/V repeated per query head) "
                         "or grouped (the query heads of a KV group in one product, K/V read once; fp32 scores)")
+    p.add_argument("--refill", action="store_true",
+                   help="batched engine: continuous batching (a finished row takes the next sample at once "
+                        "instead of idling until its batch's longest row ends)")
     p.add_argument("--batch-size", default="auto",
                    help="decode rows of the batched engine (default auto: up to 16, as GPU memory allows)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -301,7 +304,9 @@ def evaluate_samples(model, tokenizer, samples: Sequence[dict], log: PredictionL
                    dynamic_ncols=True, file=sys.stderr)
     mismatches = 0
     lock = threading.Lock()      # fast tokenizers are not documented as safe for concurrent calls
-    size = engine.batch_size if engine is not None else 1
+    # with continuous batching a chunk holds several batches' worth of samples (rows refill within
+    # it; only its tail idles); without, one batch
+    size = (engine.batch_size * (8 if getattr(engine, "refill", False) else 1)) if engine is not None else 1
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
 
     def encode(chunk):
@@ -936,10 +941,12 @@ def configure_method(model, args, method: str):
 
 def engine_key(engine) -> str:
     """What decodes, for the run key: ``hf-generate``, ``batched`` (SDPA decode) or
-    ``batched-grouped`` (a different decode attention: different bf16 near-ties)."""
+    ``batched-grouped`` (a different decode attention: different bf16 near-ties), with
+    ``-refill`` for continuous batching (the same tokens by design; kept apart all the same)."""
     if engine is None:
         return "hf-generate"
-    return "batched" if engine.decode_attention == "sdpa" else f"batched-{engine.decode_attention}"
+    key = "batched" if engine.decode_attention == "sdpa" else f"batched-{engine.decode_attention}"
+    return key + ("-refill" if getattr(engine, "refill", False) else "")
 
 
 def make_engine(args, model, lengths: Sequence[int]):
@@ -951,7 +958,8 @@ def make_engine(args, model, lengths: Sequence[int]):
         size = auto_batch_size(model, max(lengths) + 256, getattr(args, "batch_size", "auto"))
     except ValueError as exc:
         raise UsageError(f"--batch-size: {exc}") from None
-    return BatchedGreedy(model, batch_size=size, decode_attention=getattr(args, "decode_attention", None))
+    return BatchedGreedy(model, batch_size=size, decode_attention=getattr(args, "decode_attention", None),
+                         refill=bool(getattr(args, "refill", False)))
 
 
 def _shared_log(args, out_dir: Path, key: str, world) -> Tuple[PredictionLog, Path]:

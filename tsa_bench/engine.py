@@ -239,6 +239,12 @@ class BatchedGreedy:
         """Greedy continuations of ``prompts`` (lists of token ids), in input order."""
         if len(prompts) != len(max_new_tokens):
             raise ValueError("prompts and max_new_tokens differ in length")
+        for m in max_new_tokens:
+            if int(m) < 1:
+                raise ValueError(f"max_new_tokens must be >= 1, got {m}")
+        for p in prompts:
+            if len(p) < 1:
+                raise ValueError("empty prompt")
         if self.refill:
             return self._run_stream(list(prompts), [int(m) for m in max_new_tokens])
         out: List[Optional[Generation]] = [None] * len(prompts)
@@ -279,17 +285,15 @@ class BatchedGreedy:
             st = self._state = _DecodeState(self, cap)
         return st
 
+    def _cap_for(self, prompts: List[Sequence[int]], max_new: List[int], margin: int) -> int:
+        """Cache length for these requests: longest prompt + longest generation + ``margin``
+        (at least ``min_cap``), rounded up to a multiple of ``cap_multiple``."""
+        need = max(max(len(p) for p in prompts) + max(max_new) + margin, int(self.min_cap))
+        return int(math.ceil(need / self.cap_multiple) * self.cap_multiple)
+
     def _run_batch(self, prompts: List[Sequence[int]], max_new: List[int], indices: List[int]) -> List[Generation]:
-        for n in max_new:
-            if n < 1:
-                raise ValueError(f"max_new_tokens must be >= 1, got {n}")
-        for p in prompts:
-            if len(p) < 1:
-                raise ValueError("empty prompt")
         # every row runs as many steps as the longest request (plus the capture's warm-up steps)
-        need = max(max(len(p) for p in prompts) + max(max_new) + 3, int(self.min_cap))
-        cap = int(math.ceil(need / self.cap_multiple) * self.cap_multiple)
-        st = self._state_for(cap)
+        st = self._state_for(self._cap_for(prompts, max_new, 3))
         n_real = len(prompts)
         first = []
         prefill_s = []
@@ -327,17 +331,9 @@ class BatchedGreedy:
         n = len(prompts)
         if n == 0:
             return []
-        for m in max_new:
-            if m < 1:
-                raise ValueError(f"max_new_tokens must be >= 1, got {m}")
-        for p in prompts:
-            if len(p) < 1:
-                raise ValueError("empty prompt")
         B, k = self.batch_size, self.check_every
         # a finished row keeps stepping until the next check: room for check_every more slots
-        need = max(max(len(p) for p in prompts) + max(max_new) + k + 3, int(self.min_cap))
-        cap = int(math.ceil(need / self.cap_multiple) * self.cap_multiple)
-        st = self._state_for(cap)
+        st = self._state_for(self._cap_for(prompts, max_new, k + 3))
         st._ensure_out(max(max_new) + k + 1)
         queue = deque(range(n))
         sample_of: List[Optional[int]] = [None] * B

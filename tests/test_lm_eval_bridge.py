@@ -75,3 +75,15 @@ def test_tsa_hf_loads_the_plan_from_model_args(model_dir):
     assert stats[1].dense is False and stats[0].dense is True      # TSA ran in the selected layer only
     with pytest.raises(ValueError, match="only applies to TSA methods"):
         TSAHFLM(pretrained=str(model_dir), method="dense", tau=0.01, device="cpu")
+
+
+def test_dropped_option_reaches_the_tsa_config_and_is_refused_for_dense():
+    """``dropped=local:64`` in model_args becomes TSAConfig.dropped; with a method that runs no
+    TSA it is an error (it would silently do nothing)."""
+    from tsa_bench.lm_eval_bridge import _tsa_config, split_tsa_args
+    kw = {"method": "tsa", "tau": "0.01", "dropped": "local:64", "pretrained": "x"}
+    opts = split_tsa_args(kw)
+    assert opts["dropped"] == "local:64" and "dropped" not in kw
+    assert _tsa_config(opts).dropped == "local:64"
+    with pytest.raises(ValueError, match="dropped= only applies to TSA methods"):
+        _tsa_config({"method": "dense", "dropped": "local:64"})

@@ -13,7 +13,8 @@ model_args="pretrained=...,method=tsa,tau=0.005", ...)``.
 TSA options taken out of ``--model_args`` (everything else goes to lm-eval's ``HFLM``):
 
 * ``method``: ``dense`` | ``tsa`` | ``<backend>`` | ``<backend>+tsa`` (default ``tsa``);
-* ``tau``, ``window``, ``min_keep``, ``pool_kernel``, ``keep_ratio``: :class:`tsa_core.TSAConfig`;
+* ``tau``, ``window``, ``min_keep``, ``pool_kernel``, ``keep_ratio``, ``dropped`` (``zero`` |
+  ``local:<w>``, docs/dropped-rows.md): :class:`tsa_core.TSAConfig`;
 * ``dense_backend`` (default ``sdpa``), ``sparse_layers`` (e.g. ``15-31``, ``half``, a profile),
   ``impl`` (``auto``/``triton``/``naive``), ``weights`` (``pretrained``/``random``).
 
@@ -36,7 +37,8 @@ from lm_eval.models.huggingface import HFLM
 MODEL_NAME = "tsa-hf"
 _TSA_FLOAT = ("tau", "keep_ratio")
 _TSA_INT = ("window", "min_keep", "pool_kernel")
-_TSA_STR = ("method", "dense_backend", "sparse_layers", "impl", "weights")
+_TSA_STR = ("method", "dense_backend", "sparse_layers", "impl", "weights", "dropped")
+_TSA_FIELDS = ("tau", "window", "min_keep", "pool_kernel", "keep_ratio", "dropped")
 
 
 def split_tsa_args(kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -59,11 +61,11 @@ def _tsa_config(opts: Dict[str, Any]):
 
     method = opts.get("method", "tsa").lower()
     if not (method == "tsa" or method.endswith("+tsa")):
-        for k in ("tau", "keep_ratio", "window", "min_keep", "pool_kernel"):
+        for k in _TSA_FIELDS:
             if k in opts:
                 raise ValueError(f"model_args {k}= only applies to TSA methods, but method={method!r}")
         return None
-    fields = {k: opts[k] for k in ("tau", "window", "min_keep", "pool_kernel", "keep_ratio") if k in opts}
+    fields = {k: opts[k] for k in _TSA_FIELDS if k in opts}
     return TSAConfig(**fields)
 
 

@@ -17,9 +17,12 @@ e.g. ``"tsa tau=0.005 drift"``), ``layers`` (the layer-set name: ``"half"``, ``"
   (rows from :func:`~tsa_bench.analysis.paired.paired_rows`);
 * ``score_diff``: method - dense in points, ``lo``/``hi`` the paired bootstrap interval;
 * ``attention_speedup``: dense / sparse attention time of the sparse layers on the model's
-  own captured Q/K/V at that length (``task`` = ``"all"``);
+  own Q/K/V at that length (``task`` = ``"all"``; ``tsa-bench study tables``: the median over
+  samples of the per-sample ratio of the layers' CUDA-event times, ``attention_speedup_total``
+  the ratio of the sums, ``attention_speedup_all_layers`` over every layer);
 * ``attention_sparsity``: fraction of the causal attention map the sparse layers skip;
-  ``keep_fraction``: fraction of query tokens kept; ``ttft_speedup``: whole-model TTFT ratio.
+  ``keep_fraction``: fraction of query tokens kept; ``ttft_speedup``: whole-model TTFT ratio
+  (median of per-sample ratios; ``ttft_speedup_total`` the ratio of the sums).
 
 Dense has ``score_diff`` 0 with interval [0, 0], ``attention_speedup`` 1, sparsity 0.
 """

@@ -126,26 +126,37 @@ def model_sparsity(records: Sequence[Mapping], num_attention_layers: int) -> flo
     return sum(sum(v) / len(records) for v in per_layer.values()) / num_attention_layers
 
 
-def _mean_of(records: Sequence[Mapping], key: str, what: str, value=lambda v: float(v)) -> float:
+def _by_id(records: Sequence[Mapping], key: str, what: str) -> Dict[str, Mapping]:
+    """``records`` keyed by id, each of which must hold ``key``."""
     missing = [r.get("id") for r in records if r.get(key) is None]
     if missing or not records:
         raise ValueError(f"{what}: {len(missing)} of {len(records)} prediction records have no {key!r} "
                          f"(e.g. {missing[:2]})")
-    return sum(value(r[key]) for r in records) / len(records)
+    return {r["id"]: r for r in records}
+
+
+def _total_ratio(fn, dense: Sequence[Mapping], records: Sequence[Mapping], key: str, what: str, *layers) -> float:
+    """``fn`` (a :mod:`tsa_bench.commands.study` speedup) as the ratio of the totals over the
+    samples both runs hold (every record must hold ``key``)."""
+    got = fn(_by_id(dense, key, what), _by_id(records, key, what), *layers, stat="total")
+    if got is None:
+        raise ValueError(f"{what}: the two runs share no sample")
+    return got[0]
 
 
 def ttft_speedup(dense: Sequence[Mapping], records: Sequence[Mapping]) -> float:
     """Dense mean ``prefill_s`` / the setting's mean ``prefill_s`` (the batched engine records it)."""
-    what = "the ttft objective needs prefill times (ruler --engine batched)"
-    return _mean_of(dense, "prefill_s", what) / _mean_of(records, "prefill_s", what)
+    from tsa_bench.commands.study import ttft_speedup as ratio
+    return _total_ratio(ratio, dense, records, "prefill_s",
+                        "the ttft objective needs prefill times (ruler --engine batched)")
 
 
 def attention_speedup(dense: Sequence[Mapping], records: Sequence[Mapping]) -> float:
     """Dense / the setting's attention time: per record the sum of ``attn_ms`` over all layers,
     averaged over the records (recorded on CUDA only)."""
-    what = "the attention objective needs per-layer attention times (recorded on CUDA only)"
-    total = lambda v: sum(float(x) for x in v.values())  # noqa: E731
-    return _mean_of(dense, "attn_ms", what, total) / _mean_of(records, "attn_ms", what, total)
+    from tsa_bench.commands.study import attention_speedup as ratio
+    return _total_ratio(ratio, dense, records, "attn_ms",
+                        "the attention objective needs per-layer attention times (recorded on CUDA only)", None)
 
 
 def figures(dense: Sequence[Mapping], records: Sequence[Mapping], num_attention_layers: int) -> Dict[str, float]:

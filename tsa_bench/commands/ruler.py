@@ -515,7 +515,6 @@ def _load_model(args, device):
         from tsa_bench.hf import load_model
     except ImportError as exc:
         raise UsageError(f"the transformers integration (tsa_bench.hf) is not available: {exc}") from None
-    from tsa_core import TSAConfig
     key = (str(args.model), args.weights, args.dtype, str(device), str(getattr(args, "rope_scaling", None)),
            args.dense_backend)
     if _KEPT_MODELS is not None and key in _KEPT_MODELS:
@@ -611,12 +610,9 @@ def parse_layer_sets(value) -> List[Tuple[str, Optional[str]]]:
 
 
 def _tsa_config(args):
-    """``TSAConfig`` from ``--tau`` and ``--dropped`` (a bad ``--dropped`` is a UsageError)."""
+    """``TSAConfig`` from ``--tau`` and ``--dropped`` (validated by :func:`check_common`)."""
     from tsa_core import TSAConfig
-    try:
-        return TSAConfig(tau=args.tau, dropped=getattr(args, "dropped", "zero"))
-    except ValueError as exc:
-        raise UsageError(f"--dropped: {exc}") from None
+    return TSAConfig(tau=args.tau, dropped=getattr(args, "dropped", "zero"))
 
 
 def check_common(args, several: bool = False) -> None:
@@ -932,7 +928,6 @@ def _model_name(args) -> str:
 def configure_method(model, args, method: str):
     """Switch the loaded model to ``method`` (no reload); returns the plan."""
     from tsa_bench.hf import configure_tsa
-    from tsa_core import TSAConfig
     cfg = _tsa_config(args) if uses_tsa(method) else None
     return configure_tsa(model, method=method, tsa_config=cfg, dense_backend=args.dense_backend,
                          sparse_layers=args.sparse_layers if uses_tsa(method) else None,

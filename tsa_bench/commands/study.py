@@ -150,15 +150,6 @@ def _is_dense(arm: ArmRun) -> bool:
     return arm.method == "dense"
 
 
-def _label(method: str, tau: Optional[float], layers: str, tsa: bool) -> str:
-    parts = [method]
-    if tsa:
-        parts.append(f"tau={tau:g}" if tau is not None else "tau=default")
-        if layers:
-            parts.append(layers)
-    return " ".join(parts)
-
-
 def _first(df, col: str) -> Any:
     if col not in df.columns:
         return None
@@ -221,7 +212,10 @@ def read_arm(csv: Path) -> Optional[ArmRun]:
     layers = _first(df, "layers")
     layers = "" if layers is None else str(layers)
     setting = _first(df, "setting")
-    setting = str(setting) if setting is not None else _label(method, tau, layers, tsa)
+    if setting is None:                  # a CSV written before ruler recorded its setting
+        from tsa_bench.commands.ruler import Arm
+        setting = Arm(method, tau, layers_label=layers).label()
+    setting = str(setting)
     seq_lens = config.get("seq_lens") or sorted(int(v) for v in df["seq_len"].dropna().unique())
     tasks = config.get("tasks") or sorted(set(df["task"].dropna()) - {"all"})
     model = _first(df, "model") or config.get("model")

@@ -7,15 +7,17 @@
 # /tmp/repo and write under /tmp/runs; every call ends by packing /tmp/runs and the job logs
 # into $OUT/study.tgz, so a machine lost between calls loses nothing already returned.
 #
-#   bash scripts/gpu_study.sh stash wheels               # call 1: carry .carry/s1 + .whl
-#   bash scripts/gpu_study.sh stash join start           # call 2: carry .carry/s2; queues start
-#   bash scripts/gpu_study.sh stash                      # calls 3..: carry .carry/g1 .. g5 (+ .whl524)
-#   bash scripts/gpu_study.sh stash site524 join gemma   # last part: Gemma joined, its jobs go
+#   bash scripts/gpu_study.sh stash wheels site524 profile  # call 1: carry .carry/t1 + .whl + .whl524
+#   bash scripts/gpu_study.sh stash seed                 # call 2: carry .carry/t2 + .gpre (earlier predictions)
+#   bash scripts/gpu_study.sh stash join start           # call 3: carry .carry/t3; queues start
+#   bash scripts/gpu_study.sh stash join                 # calls 4..9: carry .carry/h1 .. h6 (Gemma, joined at the last)
 #   bash scripts/gpu_study.sh wait:540                   # later calls: wait (at most N s) and collect
 #
-# Queues (scripts/study_jobs.sh names the jobs): QUEUE0 on GPU 0 and QUEUE1 on GPU 1. The
-# 2026-11-30 session ran the defaults; the rest of the issue-12 grid is, e.g.,
-#   QUEUE0="smol-8k" QUEUE1="smol-4k-rest smol-4k-sparse gemma-short smol-calibrate"
+# Queues (scripts/study_jobs.sh names the jobs): QUEUE0 on GPU 0 and QUEUE1 on GPU 1. The first
+# 2026-11-30 session ran the defaults; the second
+#   QUEUE0="smol-calibrate smol-calibrate-8k smol-8k"
+#   QUEUE1="smol-4k-rest gemma-sens smol-4k-sparse gemma-short gemma-32k-more smol-8k-sparse"
+# The SmolLM2 GGUF travels as .carry/t1..t3 (33 MB parts: a 50 MB part and the tree passed 64 MiB).
 set -uo pipefail
 : "${OUT:?set OUT}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=0
@@ -24,6 +26,8 @@ SMOL=$M/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA=$M/gemma-3-270m-q4_k_m.gguf
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+SMOL_PARTS=${SMOL_PARTS:-3}          # .carry/t1 .. t3
+GEMMA_PARTS=${GEMMA_PARTS:-6}        # .carry/h1 .. h6 (42.5 MB each: a part + the tree stay under 64 MiB)
 QUEUE0=${QUEUE0:-timing smol-4k-tsa final2gpu}
 QUEUE1=${QUEUE1:-engine-check smol-sens gemma smol-4k-sparse}
 
@@ -42,9 +46,9 @@ for part in "$@"; do
     site524) [ -d /tmp/site524 ] || python3 -m pip install -q --no-index --no-deps --no-compile \
                --target /tmp/site524 .whl524/*.whl ;;
     join)  mkdir -p $M
-           [ -f $SMOL ] || { cat /tmp/parts/smol.part* > $SMOL && echo "$SMOL_SHA  $SMOL" | sha256sum -c - \
+           [ -f $SMOL ] || [ "$(ls /tmp/parts/smol.part* 2>/dev/null | wc -l)" != "$SMOL_PARTS" ] || { cat /tmp/parts/smol.part* > $SMOL && echo "$SMOL_SHA  $SMOL" | sha256sum -c - \
                               || rm -f $SMOL; }
-           if [ ! -f $GEMMA ] && [ "$(ls /tmp/parts/gem.part* 2>/dev/null | wc -l)" = 5 ]; then
+           if [ ! -f $GEMMA ] && [ "$(ls /tmp/parts/gem.part* 2>/dev/null | wc -l)" = "$GEMMA_PARTS" ]; then
              cat /tmp/parts/gem.part* > $GEMMA && echo "$GEMMA_SHA  $GEMMA" | sha256sum -c - \
                && touch $M/gemma.ok || rm -f $GEMMA
            fi
@@ -71,6 +75,21 @@ for part in "$@"; do
              sleep 10
            done
            tail -n 3 /tmp/jobs/*.log 2>/dev/null | grep -v "^$" | tail -40 ;;
+    seed)  # predictions of earlier sessions (carried .gpre/<job dir>/preds/): their arms resume
+           mkdir -p /tmp/runs && cp -rn .gpre/. /tmp/runs/ && find /tmp/runs -name '*.jsonl' | wc -l ;;
+    profile)  # the engine's cost per decode row-step at 8K (random weights): the decode batch for new runs
+           mkdir -p /tmp/jobs "$OUT/profile"
+           PYTHONPATH=. timeout 240 python3 scripts/profile_engine.py --model smollm2-135m --seq-len 8k \
+             --batch-sizes 16,32,64 --trace --out "$OUT/profile" 2>&1 | grep -v "^USDT\|^ *$" | cut -c1-160 | tail -120
+           python3 - "$OUT/profile" <<'PYEOF' > /tmp/jobs/batch
+import glob, sys
+import pandas as pd
+d = pd.concat([pd.read_csv(p) for p in glob.glob(sys.argv[1] + "/*.csv")])
+d = d[(d.metric == "decode_ms_per_row_step") & (d.stage == "decode-grouped")].set_index("batch").value
+best = int(d.idxmin())
+print(best if d[best] < 0.85 * d.get(16, float("inf")) else 16)
+PYEOF
+           echo "decode batch for new runs: $(cat /tmp/jobs/batch)" ;;
     status) ls -la /tmp/jobs /tmp/runs 2>/dev/null; tail -n 5 /tmp/jobs/*.log 2>/dev/null ;;
     *) echo "unknown part $part" ;;
   esac

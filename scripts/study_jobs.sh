@@ -22,6 +22,14 @@ N=${N:-50}
 left() { echo $((DEADLINE - $(date +%s))); }
 decode_attn() { cat /tmp/jobs/decode_attn 2>/dev/null || echo sdpa; }
 refill_flag() { [ "$(cat /tmp/jobs/refill 2>/dev/null)" = yes ] && echo --refill; }
+# runs with no earlier arms to pair with take the decode rows chosen by `gpu_study.sh profile`
+# (the engine's cost per row-step at 8K, random weights); runs that extend earlier arms keep the
+# engine those arms ran with, so the same run keys resume and the dense arm stays one
+new_batch() { echo "--batch-size $(cat /tmp/jobs/batch 2>/dev/null || echo auto)"; }
+wait_gemma() {  # the Gemma GGUF arrives in parts while the SmolLM2 jobs run
+  while [ ! -f $M/gemma.ok ] && [ "$(left)" -gt 60 ]; do sleep 5; done
+  [ -f $M/gemma.ok ] || { echo "no Gemma GGUF before the deadline"; return 1; }
+}
 RULER="python3 -m tsa_bench ruler --engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
 
 job() {
@@ -73,8 +81,7 @@ EOF
         --sparse-layers "$sets" --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 \
         --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 4k -n 25 --out-dir /tmp/runs/smol-sens ;;
     gemma)         # issue 10 item 2 and issue 12's Gemma rows
-      for i in $(seq 60); do [ -f $M/gemma.ok ] && break; sleep 5; done
-      [ -f $M/gemma.ok ] || { echo "no Gemma GGUF"; return 1; }
+      wait_gemma || return 1
       timeout 200 python3 scripts/gemma_stack_check.py --gguf $GEMMA --device cuda --dtype fp32 \
         --attn sdpa,eager --out /tmp/runs/gemma-check/517 | tail -8
       PYTHONPATH=.:/tmp/site524:/tmp/site timeout 200 python3 scripts/gemma_stack_check.py --gguf $GEMMA \
@@ -96,18 +103,43 @@ EOF
         --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method tsa --tau 0.005 --dropped local:64 \
         --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 4k -n $N \
-        --out-dir /tmp/runs/smol-4k-dropped ;;
+        --out-dir /tmp/runs/smol-4k ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \
-        --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 8k -n $N --out-dir /tmp/runs/smol-8k ;;
+        --decode-attention grouped $(new_batch) --seq-lens 8k -n $N --out-dir /tmp/runs/smol-8k ;;
+    smol-8k-sparse)  # composed methods at 8K, same samples (dense comes from smol-8k)
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
+        --method xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa --tau 0.005 \
+        --sparse-layers "drift=results/layers/smollm2-135m-8k.json" --decode-attention grouped $(new_batch) \
+        --seq-lens 8k -n $N --out-dir /tmp/runs/smol-8k ;;
     smol-calibrate)  # issue 12 item 5 on the GPU: search on seed 1042, held-out on seed 42
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 4k \
         --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 25 \
         --layer-sets "drift=$DRIFT4K;half=15-29;late=23-29" --eval-n 50 --objective sparsity \
-        --engine batched --data generated --words builtin --out-dir /tmp/runs/smol-calibrate ;;
+        --engine batched $(new_batch) --data generated --words builtin --no-progress --out-dir /tmp/runs/smol-calibrate ;;
+    smol-calibrate-8k)
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 8k \
+        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 25 \
+        --layer-sets "drift=results/layers/smollm2-135m-8k.json;half=15-29;late=23-29" --eval-n 50 \
+        --objective sparsity --engine batched $(new_batch) --data generated --words builtin --no-progress \
+        --out-dir /tmp/runs/smol-calibrate-8k ;;
+    gemma-sens)    # item 4 for Gemma: TSA in one global layer at a time at 32K, tau 0.02
+      wait_gemma || return 1
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
+        --tau 0.02 --sparse-layers "l5=5;l11=11;l17=17" --seq-lens 32k \
+        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 25 --decode-attention grouped \
+        --out-dir /tmp/runs/gemma-sens ;;
+    gemma-32k-more)  # the other taus at 32K, both layer sets (dense and tau 0.005/0.02 of 2026-11-30 resume)
+      wait_gemma || return 1
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
+        --tau 0.05,0.01,0.002 --sparse-layers "all=5,11,17;drift=results/layers/gemma3-270m-32k.json" \
+        --seq-lens 32k --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
+        --decode-attention grouped --out-dir /tmp/runs/gemma-32k ;;
     gemma-short)   # Gemma 4K-16K: dense (resumes if carried) and TSA tau 0.005 in the global layers
-      for i in $(seq 60); do [ -f $M/gemma.ok ] && break; sleep 5; done
+      wait_gemma || return 1
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
         --tau 0.005 --sparse-layers "all=5,11,17;drift=results/layers/gemma3-270m-32k.json" \

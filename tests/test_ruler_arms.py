@@ -58,6 +58,16 @@ def test_arms_cross_taus_and_layer_sets_for_tsa_methods_only():
     assert (a.tau, a.sparse_layers, a.layers_label) == (0.002, "half", "half")
 
 
+def test_a_dropped_row_variant_is_its_own_setting():
+    # study pairs arms by setting: the --dropped variant must not share the plain arm's label
+    a = _args("dense,tsa", "0.005", "drift=3,4")
+    a.dropped = "local:64"
+    labels = [x.label() for x in R.arms_of(a)]
+    assert labels == ["dense", "tsa tau=0.005 drift dropped=local:64"]
+    a.dropped = "zero"
+    assert [x.label() for x in R.arms_of(a)] == ["dense", "tsa tau=0.005 drift"]
+
+
 def test_single_value_commands_refuse_lists():
     a = SimpleNamespace(method="tsa", tau="0.1,0.2", sparse_layers=None)
     with pytest.raises(UsageError, match="--tau: this command takes one value"):

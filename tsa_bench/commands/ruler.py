@@ -638,11 +638,13 @@ def check_common(args, several: bool = False) -> None:
 
 @dataclass(frozen=True)
 class Arm:
-    """One configuration run on the samples: a method, and for TSA methods a tau and a layer set."""
+    """One configuration run on the samples: a method, and for TSA methods a tau, a layer set
+    and what dropped query rows get (``--dropped``; named in the label unless ``zero``)."""
     method: str
     tau: Optional[float] = None
     sparse_layers: Optional[str] = None
     layers_label: str = ""
+    dropped: str = "zero"
 
     def label(self) -> str:
         parts = [self.method]
@@ -650,6 +652,8 @@ class Arm:
             parts.append(f"tau={self.tau:g}" if self.tau is not None else "tau=default")
             if self.layers_label:
                 parts.append(self.layers_label)
+            if self.dropped != "zero":
+                parts.append(f"dropped={self.dropped}")
         return " ".join(parts)
 
 
@@ -661,7 +665,7 @@ def arms_of(args) -> List[Arm]:
         if uses_tsa(m):
             for label, spec in args.layer_sets:
                 for tau in args.tau_list:
-                    out.append(Arm(m, tau, spec, label))
+                    out.append(Arm(m, tau, spec, label, getattr(args, "dropped", "zero")))
         else:
             out.append(Arm(m))
     return out

@@ -208,4 +208,4 @@ def test_refill_run_has_its_own_key_and_the_same_predictions(tmp_path, capsys):
     ra, rb = ({json.loads(x)["id"]: json.loads(x)["pred"] for x in p.read_text().splitlines()} for p in (pa, pb))
     assert ra == rb and len(ra) == 6
     eng = pd.read_csv(next((tmp_path / "b").glob("*.csv"))).engine.iloc[0]
-    assert eng == "batched-refill-b2"
+    assert eng == "batched-grouped-refill-b2"     # grouped decode is the default

@@ -515,7 +515,7 @@ def kv_bytes_per_row(model, cap: int) -> int:
     return int(cfg.num_hidden_layers) * 2 * heads * dim * int(cap) * size
 
 
-def auto_batch_size(model, cap: int, requested="auto", most: int = 16, share: float = 0.3) -> int:
+def auto_batch_size(model, cap: int, requested="auto", most: int = 64, share: float = 0.3) -> int:
     """``requested`` as an int, or for ``"auto"``: as many rows (at most ``most``) as fit in
     ``share`` of the GPU's free memory at cache length ``cap``; 4 on CPU."""
     if str(requested) != "auto":

@@ -104,6 +104,17 @@ EOF
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method tsa --tau 0.005 --dropped local:64 \
         --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 4k -n $N \
         --out-dir /tmp/runs/smol-4k ;;
+    smol-4k-fast)  # the 4K grid again with the fast decode (grouped, chosen rows): one engine for every arm
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
+        --tau 0.005,0.02,0.002,0.01,0.05 --sparse-layers "drift=$DRIFT4K;half=15-29;late=23-29" \
+        --decode-attention grouped $(new_batch) --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k-fast
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method tsa --tau 0.005 --dropped local:64 \
+        --sparse-layers "drift=$DRIFT4K" --decode-attention grouped $(new_batch) --seq-lens 4k -n $N \
+        --out-dir /tmp/runs/smol-4k-fast
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
+        --method xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa --tau 0.005 \
+        --sparse-layers "drift=$DRIFT4K" --decode-attention grouped $(new_batch) --seq-lens 4k -n $N \
+        --out-dir /tmp/runs/smol-4k-fast ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

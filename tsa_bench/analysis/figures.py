@@ -51,8 +51,13 @@ def _fmt_len(L: int) -> str:
     return f"{L // 1024}K" if L % 1024 == 0 else str(L)
 
 
-def _family(method: Any) -> str:
-    return str(method).lower() if isinstance(method, str) else "?"
+def _family(method: Any, setting: Any = None) -> str:
+    """The colour group of a point: its method, plus the dropped-row variant when the setting
+    names one (``... dropped=local:64``), so that variant is told apart from plain TSA."""
+    fam = str(method).lower() if isinstance(method, str) else "?"
+    if isinstance(setting, str) and " dropped=" in setting:
+        fam += " (dropped rows: " + setting.split(" dropped=", 1)[1].split()[0] + ")"
+    return fam
 
 
 def _grid(n: int, width: float = 5.2, height: float = 4.2):
@@ -74,7 +79,8 @@ def _scatter_panels(points: pd.DataFrame, xcol: str, xlabel: str, path: Path, ti
         raise ValueError(f"no point has both a score and {xcol}")
     panels = sorted({(m, int(L)) for m, L in zip(pts["model"], pts["seq_len"])})
     fig, axes = _grid(len(panels))
-    families = sorted({_family(m) for m in pts["method"]})
+    pts = pts.assign(family=[_family(m, st) for m, st in zip(pts["method"], pts["setting"])])
+    families = sorted(set(pts["family"]))
     colours = {f: colormaps["tab10"](i % 10) for i, f in enumerate(families)}
     layer_sets = sorted({str(v) for v in pts["layers"] if isinstance(v, str)})
     markers = dict(zip(layer_sets, "os^Dvp*hX"))
@@ -83,7 +89,7 @@ def _scatter_panels(points: pd.DataFrame, xcol: str, xlabel: str, path: Path, ti
         g = pts[(pts["model"] == model) & (pts["seq_len"] == L)]
         xy = []
         for fam in families:
-            gf = g[g["method"].map(_family) == fam]
+            gf = g[g["family"] == fam]
             for _, r in gf.iterrows():
                 x, y = float(r[xcol]), float(r["score"])
                 lo = y - float(r["bar_lo"]) if pd.notna(r["bar_lo"]) else 0.0      # no interval: no bar
@@ -95,22 +101,25 @@ def _scatter_panels(points: pd.DataFrame, xcol: str, xlabel: str, path: Path, ti
                 if pd.notna(r["tau"]):
                     ax.annotate(f"{float(r['tau']):g}", (x, y), textcoords="offset points",
                                 xytext=(4, 3), fontsize=6, color=colours[fam])
-            if len(gf):
-                ax.plot([], [], "o", color=colours[fam], label=fam)
         drawn[(model, L)] = {"points": np.vstack(xy)}
         if frontier:
             xs, ys = frontier_steps(g[xcol].astype(float), g["score"].astype(float))
-            (line,) = ax.step(xs, ys, where="pre", color="black", lw=1.0, alpha=0.7, label="Pareto frontier")
+            (line,) = ax.step(xs, ys, where="pre", color="black", lw=1.0, alpha=0.7)
             drawn[(model, L)]["frontier"] = np.column_stack(line.get_data())
-        for name, mk in markers.items():
-            ax.plot([], [], mk, color="gray", mfc="white", label=f"layers: {name}")
         ax.set_title(f"{model}, {_fmt_len(L)}", fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("RULER score, mean over tasks (points)")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="best")
+    # one legend for the figure: every method of every panel, the layer-set markers, the frontier
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], ls="", marker="o", color=colours[f], label=f) for f in families]
+    handles += [Line2D([], [], ls="", marker=mk, color="gray", mfc="white", label=f"layers: {name}")
+                for name, mk in markers.items()]
+    if frontier:
+        handles.append(Line2D([], [], color="black", lw=1.0, alpha=0.7, label="Pareto frontier (filled: on it)"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 + 0.025 * ((len(handles) - 1) // 6), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -57,7 +57,9 @@ def trace(fn, label: str, rows: int = 12):
         _sync()
     wall = time.perf_counter() - t0
     events = prof.key_averages()
-    gpu = sum(e.self_device_time_total for e in events) / 1e3
+    from torch.autograd import DeviceType
+    # kernels only: an aten op's row repeats the device time of the kernels it launched
+    gpu = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e3
     print(f"--- {label}: wall {wall * 1e3:.1f} ms (profiled), GPU kernels {gpu:.1f} ms")
     print(events.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=60))
     return wall * 1e3, gpu

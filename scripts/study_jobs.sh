@@ -6,7 +6,9 @@
 # extract results/accuracy/runs-*.tgz into a carried folder and copy it there): the run key
 # hashes the GGUF's content, so they are found again on a new machine. Jobs other than
 # `final2gpu` stop at the deadline (DEADLINE_S after the queue starts, default 18 min): the
-# ruler runs resume, so a job cut short loses nothing it has written.
+# ruler runs resume, so a job cut short loses nothing it has written. One queue per GPU: the runs
+# time every layer's attention, and a second process on the same GPU skews those times (the
+# 2026-11-30 second session did that on GPU 0; its SmolLM2 speed figures are marked contended).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G=$1; shift
@@ -115,6 +117,30 @@ EOF
         --method xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa --tau 0.005 \
         --sparse-layers "drift=$DRIFT4K" --decode-attention grouped $(new_batch) --seq-lens 4k -n $N \
         --out-dir /tmp/runs/smol-4k-fast ;;
+    smol-4k-composed)  # FlexPrefill / MInference / XAttention, alone and + TSA, on the smol-4k-fast samples
+      # (seed its dense and xattention predictions from results/accuracy/runs-20261130b-h200x2.txz)
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
+        --method dense,xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa --tau 0.005 \
+        --sparse-layers "drift=$DRIFT4K" --decode-attention grouped $(new_batch) --seq-lens 4k -n $N \
+        --out-dir /tmp/runs/smol-4k-fast ;;
+    smol-8k-late)  # the late layer set at 8K (within 1 point at 4K), same samples as smol-8k
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.01,0.005,0.02,0.05 \
+        --sparse-layers "late=23-29" --decode-attention grouped $(new_batch) --seq-lens 8k -n $N \
+        --out-dir /tmp/runs/smol-8k ;;
+    smol-speed)    # speed of dense and the settings that keep accuracy, on a GPU with no other job
+      for L in 4k 8k; do
+        CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.01,0.005 \
+          --sparse-layers "late=23-29;drift=$DRIFT4K" --decode-attention grouped $(new_batch) --seq-lens $L -n 10 \
+          --out-dir /tmp/runs/smol-speed-$L
+      done ;;
+    gemma-calibrate)  # item 5 for Gemma at 32K, its longest length (dense 53.8 there)
+      wait_gemma || return 1
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $GEMMA --template base \
+        --seq-lens 32k --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
+        --layer-sets "drift=results/layers/gemma3-270m-32k.json;late=11,17;all=5,11,17" --eval-n 25 \
+        --objective attention --engine batched --data generated --words builtin --no-progress \
+        --out-dir /tmp/runs/gemma-calibrate ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

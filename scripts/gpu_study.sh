@@ -18,6 +18,12 @@
 #   QUEUE0="smol-calibrate smol-calibrate-8k smol-8k"
 #   QUEUE1="smol-4k-rest gemma-sens smol-4k-sparse gemma-short gemma-32k-more smol-8k-sparse"
 # The SmolLM2 GGUF travels as .carry/t1..t3 (33 MB parts: a 50 MB part and the tree passed 64 MiB).
+# Next session (one queue per GPU; the arms resume from the archived predictions):
+#   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130b-h200x2.txz -C .gpre --wildcards \
+#     'runs/smol-4k-fast/preds/*-dense-*' 'runs/smol-4k-fast/preds/*xattention*' \
+#     'runs/smol-8k/preds/*-dense-*' 'runs/smol-8k/preds/*xattention*' && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
+#   QUEUE0="smol-speed smol-4k-composed smol-calibrate-8k"
+#   QUEUE1="gemma-calibrate smol-8k-late smol-8k-sparse"
 set -uo pipefail
 : "${OUT:?set OUT}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=0

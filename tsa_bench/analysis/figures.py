@@ -162,7 +162,8 @@ def layer_sensitivity(table: pd.DataFrame, path: Union[str, Path], *, rho: Optio
         raise ValueError("sensitivity table is empty")
     t = table.sort_values("layer").reset_index(drop=True)
     x = np.arange(len(t))
-    fig = _figure((max(5.0, 0.35 * len(t) + 2.5), 4.0))
+    width = max(5.0, 0.35 * len(t) + 2.5)
+    fig = _figure((width, 4.0))
     ax = fig.subplots()
     bars = ax.bar(x, t["drop"], yerr=[t["drop"] - t["drop_lo"], t["drop_hi"] - t["drop"]], capsize=2,
                   color="tab:red", alpha=0.75, label="score drop (points)")
@@ -176,7 +177,8 @@ def layer_sensitivity(table: pd.DataFrame, path: Union[str, Path], *, rho: Optio
     head = title or "Per-layer sensitivity (error bars: paired 95% bootstrap interval)"
     if rho is not None:
         head += f"; Spearman rho(drift, drop) = {rho:.2f}" if rho == rho else "; Spearman rho undefined"
-    ax.set_title(head, fontsize=9)
+    import textwrap
+    ax.set_title("\n".join(textwrap.wrap(head, width=int(width * 11))), fontsize=9)   # narrow figures wrap it
     handles = [bars, line]
     ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="upper left")
     fig.tight_layout()

@@ -68,6 +68,18 @@ def test_model_sparsity_counts_a_missing_layer_as_zero():
     assert C.model_sparsity(recs, 2) == pytest.approx(0.6 / 3 / 2)
 
 
+def test_sparse_layer_sparsity_is_the_mean_over_the_sparse_layers_alone():
+    # layer 3 skips 0.2 and 0.4 of its map (mean 0.3), layer 5 0.6 and 0.8 (mean 0.7): 0.5 of
+    # their own maps; over a 10-layer model that is (0.3 + 0.7) / 10 = 0.1
+    recs = [{"tsa_layers": {"3": [0.9, 0.2], "5": [0.5, 0.6]}}, {"tsa_layers": {"3": [0.8, 0.4], "5": [0.4, 0.8]}}]
+    assert C.sparse_layer_sparsity(recs) == pytest.approx(0.5)
+    figs = C.figures(recs, recs, 10)
+    assert figs["sparse_layer_sparsity"] == pytest.approx(0.5)
+    assert figs["model_attention_sparsity"] == pytest.approx(0.1)
+    assert "sparse layers skip 0.5000" in C._fmt_figs(figs)
+    assert C.sparse_layer_sparsity([{}, {"tsa_layers": {}}]) is None
+
+
 def test_a_missing_timing_is_named():
     with pytest.raises(ValueError, match="needs prefill times"):
         C.ttft_speedup(_recs(1, [1]), _recs(1, [1], prefill_s=0.1))

@@ -57,7 +57,8 @@ DEFAULT_TAUS = "0.002,0.005,0.01,0.02,0.05"
 # --objective -> the figure used as the search's speed (also the CSV metric name)
 OBJECTIVES = {"sparsity": "model_attention_sparsity", "ttft": "ttft_speedup",
               "attention": "model_attention_speedup"}
-FIGURE_NAMES = {"model_attention_sparsity": "model attention sparsity", "ttft_speedup": "TTFT speedup",
+FIGURE_NAMES = {"model_attention_sparsity": "model attention sparsity",
+                "sparse_layer_sparsity": "sparse layers skip", "ttft_speedup": "TTFT speedup",
                 "model_attention_speedup": "attention speedup"}
 N_RESAMPLES = 2000
 
@@ -126,6 +127,19 @@ def model_sparsity(records: Sequence[Mapping], num_attention_layers: int) -> flo
     return sum(sum(v) / len(records) for v in per_layer.values()) / num_attention_layers
 
 
+def sparse_layer_sparsity(records: Sequence[Mapping]) -> Optional[float]:
+    """Fraction of their own causal attention map that the sparse layers skip: per layer the
+    mean over the records holding it of ``tsa_layers[layer][1]``, averaged over the layers
+    (the figure a target such as "the sparse layers skip 20%" speaks of). None without any."""
+    per_layer: Dict[str, List[float]] = {}
+    for r in records:
+        for layer, (_, sparsity) in (r.get("tsa_layers") or {}).items():
+            per_layer.setdefault(str(layer), []).append(float(sparsity))
+    if not per_layer:
+        return None
+    return sum(sum(v) / len(v) for v in per_layer.values()) / len(per_layer)
+
+
 def _by_id(records: Sequence[Mapping], key: str, what: str) -> Dict[str, Mapping]:
     """``records`` keyed by id, each of which must hold ``key``."""
     missing = [r.get("id") for r in records if r.get(key) is None]
@@ -163,6 +177,9 @@ def figures(dense: Sequence[Mapping], records: Sequence[Mapping], num_attention_
     """Every speed figure the records allow: the sparsity always, the TTFT and attention
     speedups when both runs recorded their times."""
     out = {"model_attention_sparsity": model_sparsity(records, num_attention_layers)}
+    layer_sparsity = sparse_layer_sparsity(records)
+    if layer_sparsity is not None:
+        out["sparse_layer_sparsity"] = layer_sparsity
     for name, fn in (("ttft_speedup", ttft_speedup), ("model_attention_speedup", attention_speedup)):
         try:
             out[name] = fn(dense, records)
@@ -404,7 +421,7 @@ def _use_command(args, path: Path) -> str:
 
 
 def _fmt_figs(figs: Mapping[str, float]) -> str:
-    unit = {"model_attention_sparsity": ""}
+    unit = {"model_attention_sparsity": "", "sparse_layer_sparsity": ""}
     return ", ".join(f"{FIGURE_NAMES[k]} {v:.4f}" if k in unit else f"{FIGURE_NAMES[k]} {v:.3f}x"
                      for k, v in figs.items())
 

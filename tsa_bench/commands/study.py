@@ -433,7 +433,7 @@ def _r(x: Optional[float], digits: int = 4) -> Optional[float]:
 
 def _identity(arm: ArmRun, model: str) -> Dict[str, Any]:
     ident = dict(method=arm.method, tau=arm.tau, model=model, setting=arm.setting, layers=arm.layers,
-                 run_key=arm.run_key)
+                 run_key=arm.run_key, predictions=str(arm.predictions))
     if arm.weights:
         ident["weights"] = arm.weights
     if arm.dtype:
@@ -565,12 +565,15 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
 
 
 def _config(args, groups: Sequence[Group]) -> Dict[str, Any]:
+    """The provenance ``config`` of every row: the command and, per group, its sample count and
+    the samples left out of arms (not in every arm). Each row names its own arm in the
+    ``run_key`` and ``predictions`` columns (and its dense arm in ``baseline_run_key``); the
+    config holds no per-arm list, which repeated on every row made a 650-sample grid's CSV
+    mostly copies of it."""
     return dict(command=command_line(args), run_dirs=list(args.run_dirs), resamples=args.resamples,
                 seed=args.seed, confidence=args.confidence,
-                groups=[dict(model=g.model, seq_len=g.seq_len, samples=g.n,
-                             arms=[dict(setting=a.setting, run_key=a.run_key, csvs=[str(c) for c in a.csvs],
-                                        predictions=str(a.predictions), left_out=g.dropped[a.setting])
-                                   for a in g.arms]) for g in groups])
+                groups=[dict(model=g.model, seq_len=g.seq_len, samples=g.n, arms=len(g.arms),
+                             left_out={s: k for s, k in g.dropped.items() if k}) for g in groups])
 
 
 def run_tables(args) -> int:

@@ -77,7 +77,7 @@ GPU_COMMANDS = (
     ("make models && tsa-bench ruler --model gemma3-270m --method dense,tsa --tau 0.005 --seq-lens 16k,32k "
      "-n 50 --device cuda", "longer contexts with Gemma-3-270M"),
     ("tsa-bench ruler --model smollm2-135m --method dense,tsa --tau 0.002,0.005,0.02 --sparse-layers "
-     "'half=15-29;drift=results/layers/smollm2-135m-4k.json' --seq-lens 4k -n 50 --out-dir runs/smol-4k "
+     "'late=23-29;half=15-29;drift=results/layers/smollm2-135m-4k.json' --seq-lens 4k -n 50 --out-dir runs/smol-4k "
      "--device cuda", "a tau x layer-set grid on the same samples, one model load"),
     ("tsa-bench study tables runs/smol-4k --model-name smollm2-135m --print",
      "paired accuracy differences, attention and TTFT speedups (then: tsa-bench figures)"),

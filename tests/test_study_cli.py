@@ -153,6 +153,9 @@ def test_score_rows_pair_every_arm_with_dense(tmp_path, capsys):
     assert set(df.model) == {MODEL} and set(df.seq_len) == {L} and set(df.bench) == {"accuracy"}
     config = json.loads(df.config.iloc[0])
     assert config["command"].startswith("tsa-bench study tables ") and config["resamples"] == 200
+    # each row names its own arm; the config holds no per-arm list (it repeated on every row)
+    assert [g["arms"] for g in config["groups"]] == [df.setting.nunique()]
+    assert df.predictions.str.endswith(".jsonl").all() and df.groupby("setting").predictions.nunique().eq(1).all()
     summary = [line for line in out.splitlines() if line.startswith("tsa tau=0.005 half")]
     assert len(summary) == 1 and "-25.00 [" in summary[0] and " 2.00 " in summary[0]
 

@@ -120,24 +120,26 @@ def model_sparsity(records: Sequence[Mapping], num_attention_layers: int) -> flo
         raise ValueError(f"num_attention_layers must be >= 1, got {num_attention_layers}")
     if not records:
         raise ValueError("no prediction records")
-    per_layer: Dict[str, List[float]] = {}
-    for r in records:
-        for layer, (_, sparsity) in (r.get("tsa_layers") or {}).items():
-            per_layer.setdefault(str(layer), []).append(float(sparsity))
-    return sum(sum(v) / len(records) for v in per_layer.values()) / num_attention_layers
+    return sum(sum(v) / len(records) for v in _layer_sparsities(records).values()) / num_attention_layers
 
 
 def sparse_layer_sparsity(records: Sequence[Mapping]) -> Optional[float]:
     """Fraction of their own causal attention map that the sparse layers skip: per layer the
     mean over the records holding it of ``tsa_layers[layer][1]``, averaged over the layers
     (the figure a target such as "the sparse layers skip 20%" speaks of). None without any."""
+    per_layer = _layer_sparsities(records)
+    if not per_layer:
+        return None
+    return sum(sum(v) / len(v) for v in per_layer.values()) / len(per_layer)
+
+
+def _layer_sparsities(records: Sequence[Mapping]) -> Dict[str, List[float]]:
+    """Layer -> the attention-map sparsities (``tsa_layers[layer][1]``) of the records holding it."""
     per_layer: Dict[str, List[float]] = {}
     for r in records:
         for layer, (_, sparsity) in (r.get("tsa_layers") or {}).items():
             per_layer.setdefault(str(layer), []).append(float(sparsity))
-    if not per_layer:
-        return None
-    return sum(sum(v) / len(v) for v in per_layer.values()) / len(per_layer)
+    return per_layer
 
 
 def _by_id(records: Sequence[Mapping], key: str, what: str) -> Dict[str, Mapping]:

@@ -14,16 +14,18 @@
 #   bash scripts/gpu_study.sh wait:540                   # later calls: wait (at most N s) and collect
 #
 # Queues (scripts/study_jobs.sh names the jobs): QUEUE0 on GPU 0 and QUEUE1 on GPU 1. The first
-# 2026-11-30 session ran the defaults; the second
-#   QUEUE0="smol-calibrate smol-calibrate-8k smol-8k"
-#   QUEUE1="smol-4k-rest gemma-sens smol-4k-sparse gemma-short gemma-32k-more smol-8k-sparse"
+# 2026-11-30 session ran QUEUE0="timing smol-4k-tsa final2gpu", QUEUE1="engine-check smol-sens
+# gemma" (then smol-4k-sparse, a job since replaced by smol-4k-composed); the second
+#   QUEUE0="smol-calibrate smol-8k smol-calibrate-8k"
+#   QUEUE1="gemma-sens gemma-short gemma-32k-more smol-8k-sparse"
+# and by hand a third queue, smol-4k-fast, on GPU 0 too (which is why its speed figures are
+# contended: run one queue per GPU).
 # The SmolLM2 GGUF travels as .carry/t1..t3 (33 MB parts: a 50 MB part and the tree passed 64 MiB).
 # Next session (one queue per GPU; the arms resume from the archived predictions):
 #   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130b-h200x2.txz -C .gpre --wildcards \
 #     'runs/smol-4k-fast/preds/*-dense-*' 'runs/smol-4k-fast/preds/*xattention*' \
 #     'runs/smol-8k/preds/*-dense-*' 'runs/smol-8k/preds/*xattention*' && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
-#   QUEUE0="smol-speed smol-4k-composed smol-calibrate-8k"
-#   QUEUE1="gemma-calibrate smol-8k-late smol-8k-sparse"
+#   (the default queues below)
 set -uo pipefail
 : "${OUT:?set OUT}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=0
@@ -34,8 +36,8 @@ SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 SMOL_PARTS=${SMOL_PARTS:-3}          # .carry/t1 .. t3
 GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the tree stay under 64 MiB)
-QUEUE0=${QUEUE0:-timing smol-4k-tsa final2gpu}
-QUEUE1=${QUEUE1:-engine-check smol-sens gemma smol-4k-sparse}
+QUEUE0=${QUEUE0:-smol-speed smol-4k-composed smol-calibrate-8k}      # the next session's (see above)
+QUEUE1=${QUEUE1:-gemma-calibrate smol-8k-late smol-8k-sparse}
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

@@ -72,11 +72,6 @@ EOF
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=$DRIFT4K;half=15-29" \
         --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k ;;
-    smol-4k-sparse)  # composed methods, same samples (dense comes from smol-4k-tsa)
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
-        --method xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa \
-        --tau 0.005 --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" $(refill_flag) \
-        --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k ;;
     smol-sens)     # which layers hurt: TSA in one layer at a time, tau 0.02, 4 NIAH tasks x 25
       sets=$(python3 -c "print(';'.join(f'l{i}={i}' for i in range(30)))")
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.02 \
@@ -99,13 +94,6 @@ EOF
         --tau 0.005,0.02 --sparse-layers "all=5,11,17${prof:+;drift=$prof}" --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
         --decode-attention "$(decode_attn)" $(refill_flag) --out-dir /tmp/runs/gemma-32k ;;
-    smol-4k-rest)  # the taus of layers 15-29 not run on 2026-11-30, and the dropped-row variant
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
-        --tau 0.05,0.002,0.01 --sparse-layers "half=15-29" --decode-attention "$(decode_attn)" $(refill_flag) \
-        --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method tsa --tau 0.005 --dropped local:64 \
-        --sparse-layers "drift=$DRIFT4K" --decode-attention "$(decode_attn)" $(refill_flag) --seq-lens 4k -n $N \
-        --out-dir /tmp/runs/smol-4k ;;
     smol-4k-fast)  # the 4K grid again with the fast decode (grouped, chosen rows): one engine for every arm
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.002,0.01,0.05 --sparse-layers "drift=$DRIFT4K;half=15-29;late=23-29" \
@@ -113,10 +101,7 @@ EOF
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method tsa --tau 0.005 --dropped local:64 \
         --sparse-layers "drift=$DRIFT4K" --decode-attention grouped $(new_batch) --seq-lens 4k -n $N \
         --out-dir /tmp/runs/smol-4k-fast
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
-        --method xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa --tau 0.005 \
-        --sparse-layers "drift=$DRIFT4K" --decode-attention grouped $(new_batch) --seq-lens 4k -n $N \
-        --out-dir /tmp/runs/smol-4k-fast ;;
+      job smol-4k-composed ;;
     smol-4k-composed)  # FlexPrefill / MInference / XAttention, alone and + TSA, on the smol-4k-fast samples
       # (seed its dense and xattention predictions from results/accuracy/runs-20261130b-h200x2.txz)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \

@@ -140,9 +140,9 @@ EOF
         --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 25 \
         --layer-sets "drift=$DRIFT4K;half=15-29;late=23-29" --eval-n 50 --objective sparsity \
         --engine batched $(new_batch) --data generated --words builtin --no-progress --out-dir /tmp/runs/smol-calibrate ;;
-    smol-calibrate-8k)
+    smol-calibrate-8k)  # 50 search samples per task: at 4K, 25 picked a setting on the budget's edge
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 8k \
-        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 25 \
+        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 50 \
         --layer-sets "drift=results/layers/smollm2-135m-8k.json;half=15-29;late=23-29" --eval-n 50 \
         --objective sparsity --engine batched $(new_batch) --data generated --words builtin --no-progress \
         --out-dir /tmp/runs/smol-calibrate-8k ;;

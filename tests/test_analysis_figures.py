@@ -128,3 +128,10 @@ def test_committed_fixtures_are_small_and_regenerate_identically(tmp_path):
 def test_sensitivity_figure_refuses_a_table_without_drift(tmp_path):
     with pytest.raises(ValueError, match="missing column 'drift'"):
         layer_sensitivity(pd.DataFrame(dict(layer=[0], drop=[1.0], drop_lo=[0.0], drop_hi=[2.0])), tmp_path / "x.png")
+
+
+def test_the_dropped_row_variant_gets_its_own_colour():
+    from tsa_bench.analysis.figures import _family
+    assert _family("tsa", "tsa tau=0.005 drift dropped=local:64") == "tsa (dropped rows: local:64)"
+    assert _family("tsa", "tsa tau=0.005 drift") == "tsa"
+    assert _family("XAttention+TSA", None) == "xattention+tsa"

@@ -144,3 +144,46 @@ def per_task_table(df: pd.DataFrame, model: Optional[str] = None, seq_len: Optio
         t = t[sorted(t.columns)]
     t.columns.name = None
     return t
+
+
+BEST_SPEEDS = {"attention": "attention_speedup", "ttft": "ttft_speedup", "sparsity": "attention_sparsity"}
+
+
+def best_within(points: pd.DataFrame, max_drop: float = 1.0, criterion: str = "point",
+                speed: str = "attention") -> pd.DataFrame:
+    """Per (model, seq_len): the fastest setting other than dense whose score is within
+    ``max_drop`` points of dense, from an :func:`accuracy_points` table.
+
+    Within the budget means ``-diff <= max_drop`` (``criterion="point"``) or ``-diff_lo <=
+    max_drop`` (``"upper"``: the upper end of the drop's paired interval). Fastest = the largest
+    ``speed`` figure (``attention``: attention speedup of the sparse layers; ``ttft``;
+    ``sparsity``: attention-map sparsity), ties broken by the higher score, then the setting
+    name. Settings without that figure are not candidates. One row per (model, seq_len), in
+    columns ``model, seq_len, setting, diff, diff_lo, diff_hi, attention_speedup, ttft_speedup,
+    attention_sparsity, candidates`` (settings within the budget), ``closest``; where none is
+    within the budget, ``setting`` is None and ``closest`` names the setting with the smallest
+    drop (its figures fill the row).
+    """
+    if criterion not in ("point", "upper"):
+        raise ValueError(f"criterion must be 'point' or 'upper', got {criterion!r}")
+    if speed not in BEST_SPEEDS:
+        raise ValueError(f"speed must be one of {sorted(BEST_SPEEDS)}, got {speed!r}")
+    if not max_drop >= 0:
+        raise ValueError(f"max_drop must be >= 0, got {max_drop}")
+    col = BEST_SPEEDS[speed]
+    figs = tuple(dict.fromkeys(("diff", "diff_lo", "diff_hi", "attention_speedup", "ttft_speedup",
+                                "attention_sparsity")))
+    rows = []
+    for (model, L), g in points.groupby(["model", "seq_len"], sort=True):
+        g = g[(g["method"].astype(str).str.lower() != "dense") & g[col].notna() & g["diff"].notna()]
+        drop = -(g["diff"] if criterion == "point" else g["diff_lo"])
+        ok = g[drop <= max_drop + 1e-9]
+        base = dict(model=model, seq_len=int(L), candidates=len(ok))
+        if len(ok):
+            best = ok.sort_values([col, "score", "setting"], ascending=[False, False, True]).iloc[0]
+            rows.append({**base, "setting": best["setting"], "closest": None, **{c: best[c] for c in figs}})
+        else:
+            near = g.loc[drop.idxmin()] if len(g) else None
+            rows.append({**base, "setting": None, "closest": None if near is None else near["setting"],
+                         **{c: (np.nan if near is None else near[c]) for c in figs}})
+    return pd.DataFrame(rows, columns=["model", "seq_len", "setting", *figs, "candidates", "closest"])

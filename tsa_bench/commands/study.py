@@ -78,6 +78,19 @@ def add_arguments(p) -> None:
     sens.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="ruler output folders (or ruler CSVs)")
     sens.add_argument("--drift", required=True, metavar="PROFILE",
                       help="drift per layer: a profile-layers JSON (its 'drift' list) or CSV (metric == 'drift')")
+    best = sub.add_parser("best", help="per model and length, the fastest setting within --max-drop of dense",
+                          description="Read accuracy CSVs (written by `study tables`) and print, per model and "
+                                      "length, the fastest setting other than dense whose score is within "
+                                      "--max-drop points of dense.")
+    best.add_argument("paths", nargs="*", metavar="CSV_OR_DIR",
+                      help="accuracy CSVs or folders of them (default results/accuracy)")
+    best.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in RULER points (default 1.0)")
+    best.add_argument("--criterion", choices=["point", "upper"], default="point",
+                      help="point: the drop's estimate within the budget (default); upper: the upper end of its "
+                           "paired interval")
+    best.add_argument("--speed", choices=["attention", "ttft", "sparsity"], default="attention",
+                      help="what fastest means: attention speedup of the sparse layers (default), TTFT speedup, "
+                           "or attention-map sparsity")
     for q in (tables, sens):
         q.add_argument("--model-name", default=None,
                        help="model name in the rows (e.g. smollm2-135m; default: the runs' --model); the runs "
@@ -725,10 +738,51 @@ def run_sensitivity(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- study best
+
+def run_best(args) -> int:
+    from tsa_bench.analysis.tables import BEST_SPEEDS, accuracy_points, best_within, find_csvs, read_csvs
+    from tsa_bench.paths import RESULTS_DIR
+
+    files: List[Path] = []
+    for p in args.paths or [str(RESULTS_DIR / "accuracy")]:
+        path = Path(p)
+        if path.is_dir():
+            files += find_csvs(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UsageError(f"{p}: no such file or folder")
+    if not files:
+        raise UsageError(f"no CSV in {', '.join(args.paths or ['results/accuracy'])}")
+    df = read_csvs(sorted(files, key=lambda f: f.name))        # by run id, i.e. by time: the later row wins
+    if "metric" not in df.columns or not df["metric"].isin(["score", "score_diff"]).any():
+        raise UsageError("no accuracy rows (metric score / score_diff) in those CSVs: give `study tables` output")
+    try:
+        table = best_within(accuracy_points(df), args.max_drop, args.criterion, args.speed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    col = BEST_SPEEDS[args.speed]
+    drop = "drop estimate" if args.criterion == "point" else "upper end of the drop's interval"
+    print(f"fastest setting by {col} within {args.max_drop:g} points of dense ({drop}); diff = setting - dense "
+          "[paired 95% interval]; attn x = attention speedup of the sparse layers; within = settings in the budget")
+    rows = []
+    for _, r in table.iterrows():
+        name = r["setting"] if isinstance(r["setting"], str) else f"none (closest: {r['closest']})"
+        rows.append([r["model"], _fmt_len(int(r["seq_len"])), str(name),
+                     _num(r["diff"], "+.2f") + f" [{_num(r['diff_lo'], '+.2f')}, {_num(r['diff_hi'], '+.2f')}]",
+                     _num(r["attention_speedup"], ".2f"), _num(r["ttft_speedup"], ".2f"),
+                     _num(r["attention_sparsity"], ".3f"), str(r["candidates"])])
+    print(_fmt_table(["model", "length", "setting", "diff [lo, hi]", "attn x", "ttft x", "sparsity", "within"], rows))
+    return 0
+
+
 def run(args) -> int:
     if getattr(args, "study_command", None) == "tables":
         return run_tables(args)
     if getattr(args, "study_command", None) == "sensitivity":
         return run_sensitivity(args)
-    raise UsageError("choose a subcommand: `tsa-bench study tables RUN_DIR ...` or "
-                     "`tsa-bench study sensitivity RUN_DIR ... --drift PROFILE`")
+    if getattr(args, "study_command", None) == "best":
+        return run_best(args)
+    raise UsageError("choose a subcommand: `tsa-bench study tables RUN_DIR ...`, "
+                     "`tsa-bench study sensitivity RUN_DIR ... --drift PROFILE` or `tsa-bench study best [CSV ...]`")

@@ -36,8 +36,8 @@ SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 SMOL_PARTS=${SMOL_PARTS:-3}          # .carry/t1 .. t3
 GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the tree stay under 64 MiB)
-QUEUE0=${QUEUE0:-smol-speed smol-4k-composed smol-calibrate-8k}      # the next session's (see above)
-QUEUE1=${QUEUE1:-smol-8k-late gemma-calibrate smol-8k-sparse}   # Gemma arrives in parts meanwhile
+QUEUE0=${QUEUE0:-smol-speed smol-4k-composed smol-calibrate-8k smol-8k-sparse}   # the next session's (see above)
+QUEUE1=${QUEUE1:-smol-8k-late gemma-calibrate}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

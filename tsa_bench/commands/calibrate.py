@@ -373,21 +373,10 @@ def resolve_layer_sets(text: Optional[str], config, *, preset=None, model_name: 
 
 
 def parse_taus(text: str) -> List[float]:
-    """``--taus``: sorted unique floats, each in (0, 1)."""
-    out = []
-    for v in (x.strip() for x in str(text).split(",")):
-        if not v:
-            continue
-        try:
-            t = float(v)
-        except ValueError:
-            raise UsageError(f"--taus: {v!r} is not a number") from None
-        if not 0.0 < t < 1.0:
-            raise UsageError(f"--taus: each tau must be in (0, 1), got {v}")
-        out.append(t)
-    if not out:
-        raise UsageError("--taus is empty")
-    return sorted(set(out))
+    """``--taus``: sorted unique floats, each in (0, 1) (ruler's ``--tau`` parser, zero refused:
+    tau 0 is dense, which the search runs anyway)."""
+    from tsa_bench.commands.ruler import parse_taus as parse
+    return sorted(parse(str(text), flag="--taus", zero=False))
 
 
 def calibrated_profile_path(model_name: str, weights: str, out_dir: Optional[str]) -> Path:

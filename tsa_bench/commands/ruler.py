@@ -562,22 +562,25 @@ def _bench_generate(args, tasks, lengths) -> int:
     return 0
 
 
-def parse_taus(value) -> List[Optional[float]]:
+def parse_taus(value, flag: str = "--tau", zero: bool = True) -> List[Optional[float]]:
     """``--tau`` as a list: ``None`` -> ``[None]`` (resolved later), ``0.005`` or ``"0.002,0.005"``
-    -> floats in [0, 1), duplicates dropped, order kept. A bad entry is a UsageError."""
+    -> floats in [0, 1) (in (0, 1) with ``zero=False``), duplicates dropped, order kept. A bad
+    entry is a UsageError naming ``flag`` (``calibrate --taus`` shares this parser)."""
     if value is None:
         return [None]
     parts = [value] if isinstance(value, (int, float)) else [v.strip() for v in str(value).split(",") if v.strip()]
     if not parts:
-        raise UsageError("--tau is empty")
+        raise UsageError(f"{flag} is empty")
     out: List[Optional[float]] = []
     for v in parts:
         try:
             t = float(v)
         except ValueError:
-            raise UsageError(f"--tau: {v!r} is not a number") from None
+            raise UsageError(f"{flag}: {v!r} is not a number") from None
+        if not zero and not 0.0 < t < 1.0:
+            raise UsageError(f"{flag}: each tau must be in (0, 1), got {v}")
         if not 0.0 <= t < 1.0:
-            raise UsageError(f"--tau must be in [0, 1), got {t:g}")
+            raise UsageError(f"{flag} must be in [0, 1), got {t:g}")
         if t not in out:
             out.append(t)
     return out

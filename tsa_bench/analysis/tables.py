@@ -171,8 +171,7 @@ def best_within(points: pd.DataFrame, max_drop: float = 1.0, criterion: str = "p
     if not max_drop >= 0:
         raise ValueError(f"max_drop must be >= 0, got {max_drop}")
     col = BEST_SPEEDS[speed]
-    figs = tuple(dict.fromkeys(("diff", "diff_lo", "diff_hi", "attention_speedup", "ttft_speedup",
-                                "attention_sparsity")))
+    figs = ("diff", "diff_lo", "diff_hi", "attention_speedup", "ttft_speedup", "attention_sparsity")
     rows = []
     for (model, L), g in points.groupby(["model", "seq_len"], sort=True):
         g = g[(g["method"].astype(str).str.lower() != "dense") & g[col].notna() & g["diff"].notna()]

@@ -35,10 +35,11 @@ def add_arguments(p) -> None:
     p.add_argument("--out-dir", default=str(RESULTS_DIR / "figures"))
 
 
-def accuracy_files(paths: Optional[Sequence[str]]) -> List[Path]:
+def accuracy_files(paths: Optional[Sequence[str]], what: str = "--accuracy") -> List[Path]:
     """``--accuracy`` as CSV paths: a folder gives its ``*.csv`` sorted by name (run id = time,
     :func:`tsa_bench.analysis.tables.find_csvs`), a file itself; ``None`` = ``results/accuracy/``
-    (absent: no files). A given path that does not exist is a UsageError."""
+    (absent: no files). A given path that does not exist is a UsageError naming ``what`` (the
+    argument, also for ``tsa-bench study best``)."""
     from tsa_bench.analysis.tables import find_csvs
 
     if paths is None:
@@ -51,7 +52,7 @@ def accuracy_files(paths: Optional[Sequence[str]]) -> List[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise UsageError(f"--accuracy: no such file or folder: {raw}")
+            raise UsageError(f"{what}: no such file or folder: {raw}")
     return files
 
 

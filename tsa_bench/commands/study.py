@@ -741,18 +741,10 @@ def run_sensitivity(args) -> int:
 # --------------------------------------------------------------------------- study best
 
 def run_best(args) -> int:
-    from tsa_bench.analysis.tables import BEST_SPEEDS, accuracy_points, best_within, find_csvs, read_csvs
-    from tsa_bench.paths import RESULTS_DIR
+    from tsa_bench.analysis.tables import BEST_SPEEDS, accuracy_points, best_within, read_csvs
+    from tsa_bench.commands.figures import accuracy_files
 
-    files: List[Path] = []
-    for p in args.paths or [str(RESULTS_DIR / "accuracy")]:
-        path = Path(p)
-        if path.is_dir():
-            files += find_csvs(path)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UsageError(f"{p}: no such file or folder")
+    files = accuracy_files(args.paths or None, what="CSV_OR_DIR")
     if not files:
         raise UsageError(f"no CSV in {', '.join(args.paths or ['results/accuracy'])}")
     df = read_csvs(sorted(files, key=lambda f: f.name))        # by run id, i.e. by time: the later row wins

@@ -21,7 +21,8 @@
 # and by hand a third queue, smol-4k-fast, on GPU 0 too (which is why its speed figures are
 # contended: run one queue per GPU).
 # The SmolLM2 GGUF travels as .carry/t1..t3 (33 MB parts: a 50 MB part and the tree passed 64 MiB).
-# Next session (one queue per GPU; the arms resume from the archived predictions):
+# The third session (one queue per GPU; the arms resume from the archived predictions; no
+# `profile` call: the second session's measured 64 rows, which `--batch-size auto` now picks) seeds:
 #   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130b-h200x2.txz -C .gpre --wildcards \
 #     'runs/smol-4k-fast/preds/*-dense-*' 'runs/smol-4k-fast/preds/*xattention*' \
 #     'runs/smol-8k/preds/*-dense-*' 'runs/smol-8k/preds/*xattention*' && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
@@ -36,8 +37,8 @@ SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 SMOL_PARTS=${SMOL_PARTS:-3}          # .carry/t1 .. t3
 GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the tree stay under 64 MiB)
-QUEUE0=${QUEUE0:-smol-speed smol-4k-composed smol-calibrate-8k smol-8k-sparse}   # the next session's (see above)
-QUEUE1=${QUEUE1:-smol-8k-late gemma-calibrate}   # Gemma arrives in parts meanwhile
+QUEUE0=${QUEUE0:-smol-4k-composed smol-8k-sparse smol-calibrate-4k50 smol-calibrate-8k}   # the third session's
+QUEUE1=${QUEUE1:-smol-8k-late gemma-calibrate smol-speed}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

@@ -21,12 +21,18 @@
 # and by hand a third queue, smol-4k-fast, on GPU 0 too (which is why its speed figures are
 # contended: run one queue per GPU).
 # The SmolLM2 GGUF travels as .carry/t1..t3 (33 MB parts: a 50 MB part and the tree passed 64 MiB).
-# The third session (one queue per GPU; the arms resume from the archived predictions; no
-# `profile` call: the second session's measured 64 rows, which `--batch-size auto` now picks) seeds:
-#   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130b-h200x2.txz -C .gpre --wildcards \
-#     'runs/smol-4k-fast/preds/*-dense-*' 'runs/smol-4k-fast/preds/*xattention*' \
-#     'runs/smol-8k/preds/*-dense-*' 'runs/smol-8k/preds/*xattention*' && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
-#   (the default queues below)
+# The third session (one queue per GPU; arms resumed from the archived predictions; no `profile`
+# call: `--batch-size auto` picks the 64 rows the second session measured) seeded .gpre from the
+# second archive (dense and XAttention of smol-4k-fast and smol-8k) and made these calls:
+#   1. carry .carry/t1 .whl .gpre: `stash wheels seed`      (t1 + .whl524 is over 64 MiB)
+#   2. carry .carry/t2: `stash`;  3. carry .carry/t3: `stash join start` (TSA_BENCH_GIT_SHA, DEADLINE_S=1330)
+#   4. carry .whl524: `site524`;  5-12. carry .carry/h1..h8: `stash` (the last: `stash join`)
+#   then `wait:N` calls until the deadline. Queue time ran out with about 15 min of work left.
+# The next session: the same calls, .gpre seeded with
+#   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130b-h200x2.txz -C .gpre \
+#     --wildcards 'runs/gemma-32k/preds/*-dense-*' && tar xJf results/accuracy/runs-20261130c-h200x2.txz \
+#     -C .gpre 'runs/smol-calibrate-4k50' && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
+#   and the default queues below.
 set -uo pipefail
 : "${OUT:?set OUT}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRITON_INTERPRET=0
@@ -37,8 +43,10 @@ SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 SMOL_PARTS=${SMOL_PARTS:-3}          # .carry/t1 .. t3
 GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the tree stay under 64 MiB)
-QUEUE0=${QUEUE0:-smol-4k-composed smol-8k-sparse smol-calibrate-4k50 smol-calibrate-8k}   # the third session's
-QUEUE1=${QUEUE1:-smol-8k-late gemma-calibrate smol-speed}   # Gemma arrives in parts meanwhile
+# the third session: QUEUE0="smol-4k-composed smol-8k-sparse smol-calibrate-4k50 smol-calibrate-8k",
+# QUEUE1="smol-8k-late gemma-calibrate smol-speed"; the next one's:
+QUEUE0=${QUEUE0:-smol-calibrate-8k smol-calibrate-4k50}
+QUEUE1=${QUEUE1:-gemma-32k-composed}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

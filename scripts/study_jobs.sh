@@ -21,7 +21,7 @@ GEMMA=$M/gemma-3-270m-q4_k_m.gguf
 DRIFT4K=results/layers/smollm2-135m-4k.json
 START=$(date +%s); DEADLINE=$((START + ${DEADLINE_S:-1080}))
 N=${N:-50}
-left() { echo $((DEADLINE - $(date +%s))); }
+left() { local s=$((DEADLINE - $(date +%s))); echo $((s > 1 ? s : 1)); }   # never 0: `timeout 0` = no limit
 decode_attn() { cat /tmp/jobs/decode_attn 2>/dev/null || echo sdpa; }
 refill_flag() { [ "$(cat /tmp/jobs/refill 2>/dev/null)" = yes ] && echo --refill; }
 # runs with no earlier arms to pair with take the decode rows chosen by `gpu_study.sh profile`
@@ -132,6 +132,16 @@ EOF
         --layer-sets "drift=results/layers/gemma3-270m-32k.json;late=11,17" --eval-n 25 \
         --objective attention --engine batched --data generated --words builtin --no-progress \
         --out-dir /tmp/runs/gemma-calibrate ;;
+    gemma-32k-composed)  # the composed methods on Gemma at 32K (they run in its 3 global layers; the
+      # 15 sliding-window layers keep their band), alone and + TSA in the drift layer; same samples
+      # as gemma-32k (seed dense there). Not run yet: Gemma's 256-wide heads are untested on these kernels
+      wait_gemma || return 1
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base \
+        --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa --tau 0.005 \
+        --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
+        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
+        --out-dir /tmp/runs/gemma-32k ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \
@@ -197,7 +207,7 @@ for name in "$@"; do
   if [ "$name" != final2gpu ] && [ "$(left)" -le 10 ]; then echo "deadline: skip $name"; continue; fi
   touch /tmp/jobs/$name.running
   echo "== $name on GPU $G (t=$(( $(date +%s) - START ))s, $(left)s to the deadline)"
-  job "$name" > /tmp/jobs/$name.log 2>&1
+  ( job "$name" ) > /tmp/jobs/$name.log 2>&1   # a subshell: a Gemma job's PYTHONPATH (transformers 5.24) stays its own
   echo "   $name exit $? (t=$(( $(date +%s) - START ))s)"
   rm -f /tmp/jobs/$name.running
 done

@@ -135,3 +135,15 @@ def test_the_dropped_row_variant_gets_its_own_colour():
     assert _family("tsa", "tsa tau=0.005 drift dropped=local:64") == "tsa (dropped rows: local:64)"
     assert _family("tsa", "tsa tau=0.005 drift") == "tsa"
     assert _family("XAttention+TSA", None) == "xattention+tsa"
+
+
+def test_a_method_or_layer_set_keeps_its_slot_whatever_else_is_plotted():
+    """Colours and markers come from fixed slots, so xattention is the same colour in a figure
+    with the dropped-row variant as in one without it."""
+    from tsa_bench.analysis.figures import FAMILY_ORDER, LAYER_SET_ORDER, _slots
+    few = _slots({"dense", "xattention", "tsa"}, FAMILY_ORDER)
+    many = _slots({"dense", "xattention", "tsa", "tsa (dropped rows: local:64)", "flexprefill"}, FAMILY_ORDER)
+    assert few == {"dense": 0, "tsa": 1, "xattention": 4}
+    assert many["xattention"] == few["xattention"] == 4
+    assert many["tsa (dropped rows: local:64)"] == len(FAMILY_ORDER)          # unknown names follow
+    assert _slots({"late", "drift", "mine", "abc"}, LAYER_SET_ORDER) == {"drift": 1, "late": 3, "abc": 4, "mine": 5}

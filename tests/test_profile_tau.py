@@ -58,6 +58,7 @@ def test_ruler_runs_tsa_at_the_profile_tau(tmp_path, capsys, one_thread):
     plan = json.loads(df["config"].iloc[0])["plan"]          # model.config.tsa_settings of the run
     assert set(df["tau"]) == {0.02}
     assert plan["tsa"]["tau"] == 0.02 and plan["sparse_layers"] == [2, 3]
+    assert set(df["setting"]) == {"tsa tau=0.02 profile"}   # the label names the tau that ran
 
 
 @pytest.mark.parametrize("argv, want", [

@@ -142,6 +142,51 @@ def test_speed_rows_are_median_ratios_over_the_sparse_layers(tmp_path, capsys):
     assert out.strip().splitlines()[-1] == str(tmp_path / "acc" / "study.csv")
 
 
+def test_speed_from_takes_the_timing_of_another_run_and_keeps_scores_and_sparsity(tmp_path, capsys):
+    """The accuracy run (the standard one: TSA x2.0 attention, x1.25 TTFT) and a timing run in
+    which dense takes 20 ms a layer and 1.0 s, and TSA 4 ms in its sparse layers and 0.5 s: the
+    TSA timing rows become x5.0 and x2.0, tagged with the timing run's key; its scores, paired
+    differences and sparsity stay those of the accuracy run (the timing run's TSA scores 0 and
+    its sparsity differs); xattention, absent from the timing run, gets no timing rows."""
+    acc = standard_run(tmp_path / "acc_run")
+    timing = tmp_path / "timing_run"
+    make_arm(timing, [timed(t, i, 1, {k: 20.0 for k in range(LAYERS)}, 1.0) for t, i in SAMPLES],
+             method="dense", run_key="densetiming1")
+    make_arm(timing, [timed(t, i, 0, {k: 4.0 if k in (1, 3) else 20.0 for k in range(LAYERS)}, 0.5,
+                            {1: [0.9, 0.1], 3: [0.9, 0.1]}) for t, i in SAMPLES],
+             method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3), run_key="tsatiming123")
+    plain = tables(capsys, tmp_path / "plain", acc)[3]
+    rc, out, err, df = tables(capsys, tmp_path, acc, extra=("--speed-from", str(timing), "--print"))
+    assert rc == 0, err
+    tsa, x = "tsa tau=0.005 half", "xattention"
+    assert value(df, tsa, "attention_speedup").value == pytest.approx(5.0)
+    assert value(df, tsa, "attention_speedup_all_layers").value == pytest.approx(80 / 48, abs=1e-4)
+    assert value(df, tsa, "ttft_speedup").value == pytest.approx(2.0)
+    assert value(df, tsa, "attention_speedup").timed_run_key == "tsatiming123"
+    assert value(df, "dense", "ttft_speedup").timed_run_key == "densetiming1"
+    assert value(df, tsa, "attention_sparsity").value == pytest.approx(0.8)        # the accuracy run's
+    for metric in ("score", "score_diff"):
+        assert value(df, tsa, metric).value == value(plain, tsa, metric).value
+    assert not df[(df.setting == x) & df.metric.str.contains("speedup")].size
+    assert value(plain, x, "attention_speedup").value == pytest.approx(2.0)          # it had one before
+    assert f"{MODEL} 4k: --speed-from has no run of xattention: no timing rows for it" in err
+    assert "speedups from --speed-from (4 samples per arm)" in out
+    config = json.loads(df.config.iloc[0])
+    assert config["speed_from"] == [str(timing)] and config["speed_groups"][0]["baseline_run_key"] == "densetiming1"
+
+
+def test_speed_from_with_no_run_at_that_length_says_so(tmp_path, capsys):
+    acc = standard_run(tmp_path / "acc_run")
+    other = tmp_path / "timing_8k"
+    make_arm(other, [rec(t, i, 1, length=2 * L, attn_ms={str(k): 20.0 for k in range(LAYERS)}, prefill_s=1.0)
+                     for t, i in SAMPLES], method="dense", seq_lens=(2 * L,))
+    rc, out, err, df = tables(capsys, tmp_path, acc, extra=("--speed-from", str(other)))
+    assert rc == 0, err
+    assert "--speed-from: smollm2-135m 8k has no accuracy run; not used" in err
+    assert "--speed-from has no run of any arm: no timing rows for them" in err
+    assert not df[df.metric.str.contains("speedup")].size and value(df, "dense", "attention_sparsity").value == 0
+
+
 def test_score_rows_pair_every_arm_with_dense(tmp_path, capsys):
     rc, out, err, df = tables(capsys, tmp_path, standard_run(tmp_path / "run"), extra=["--print"])
     assert rc == 0, err

@@ -60,6 +60,23 @@ def _family(method: Any, setting: Any = None) -> str:
     return fam
 
 
+# fixed colour and marker slots, so a method or layer set looks the same in every figure
+# (the others follow, in sorted order)
+FAMILY_ORDER = ("dense", "tsa", "flexprefill", "flexprefill+tsa", "xattention", "xattention+tsa",
+                "minference", "minference+tsa")
+LAYER_SET_ORDER = ("all", "drift", "half", "late")
+
+
+def _slots(present, fixed) -> Dict[str, int]:
+    """``{name: slot}``: a name of ``fixed`` keeps its index there; the other present names take
+    the next slots, sorted."""
+    present = set(present)
+    out = {name: i for i, name in enumerate(fixed) if name in present}
+    for k, name in enumerate(sorted(present - set(fixed))):
+        out[name] = len(fixed) + k
+    return out
+
+
 def _grid(n: int, width: float = 5.2, height: float = 4.2):
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -80,10 +97,12 @@ def _scatter_panels(points: pd.DataFrame, xcol: str, xlabel: str, path: Path, ti
     panels = sorted({(m, int(L)) for m, L in zip(pts["model"], pts["seq_len"])})
     fig, axes = _grid(len(panels))
     pts = pts.assign(family=[_family(m, st) for m, st in zip(pts["method"], pts["setting"])])
-    families = sorted(set(pts["family"]))
-    colours = {f: colormaps["tab10"](i % 10) for i, f in enumerate(families)}
-    layer_sets = sorted({str(v) for v in pts["layers"] if isinstance(v, str)})
-    markers = dict(zip(layer_sets, "os^Dvp*hX"))
+    slots = _slots(pts["family"], FAMILY_ORDER)
+    families = sorted(slots, key=slots.get)
+    colours = {f: colormaps["tab10"](i % 10) for f, i in slots.items()}
+    set_slots = _slots({str(v) for v in pts["layers"] if isinstance(v, str)}, LAYER_SET_ORDER)
+    layer_sets = sorted(set_slots, key=set_slots.get)
+    markers = {name: "os^Dvp*hX"[i % 9] for name, i in set_slots.items()}
     drawn: Dict[Panel, Dict[str, np.ndarray]] = {}
     for ax, (model, L) in zip(axes, panels):
         g = pts[(pts["model"] == model) & (pts["seq_len"] == L)]

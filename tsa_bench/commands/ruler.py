@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
@@ -1010,6 +1011,8 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
     for n_arm, arm in enumerate(arms, 1):
         margs = arm_args(args, arm)
         method = arm.method
+        if uses_tsa(method):                 # the label names the tau that runs (a profile's, say)
+            arm = dataclasses.replace(arm, tau=margs.tau)
         if len(arms) > 1 and world.is_main:
             print(f"== [{n_arm}/{len(arms)}] {arm.label()}" + (f" (tau {margs.tau:g})" if uses_tsa(method) else ""),
                   file=sys.stderr)

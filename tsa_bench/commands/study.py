@@ -72,6 +72,11 @@ def add_arguments(p) -> None:
                             description="Pair every arm of the ruler runs with the dense arm of its model and length "
                                         "and write the tidy accuracy CSV.")
     tables.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="ruler output folders (or ruler CSVs)")
+    tables.add_argument("--speed-from", nargs="+", default=None, metavar="RUN_DIR",
+                        help="take the timing figures (attention and TTFT speedups) from these ruler runs "
+                             "instead: each arm from the run of the same setting, model and length, against "
+                             "that run's own dense arm (e.g. a short run with the GPU to itself); an arm "
+                             "they lack gets no timing rows. Scores and sparsity stay those of RUN_DIR")
     sens = sub.add_parser("sensitivity", help="score lost per layer (TSA in that layer alone) vs drift",
                           description="Compare every arm that runs TSA in exactly one layer with dense, beside "
                                       "the layer's drift, and write the tidy rows.")
@@ -417,18 +422,37 @@ def tsa_means(records: Mapping[str, dict], layers: Optional[Sequence[int]] = Non
     return None if n == 0 else (keep / pairs, sparsity / pairs, n)
 
 
-def speed_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
-    """The speed and sparsity figures of ``arm`` in ``group``: ``{metric: (value, n)}`` for
-    the metrics of :data:`SPEED_METRIC_ORDER` that its records allow (see the module docstring)."""
+TIMING_METRICS = ("attention_speedup", "attention_speedup_all_layers", "ttft_speedup", "attention_speedup_total",
+                  "ttft_speedup_total")
+
+
+def timing_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
+    """The timing figures (:data:`TIMING_METRICS`) of ``arm`` against the dense arm of ``group``:
+    ``{metric: (value, n)}`` for those its records allow (see the module docstring)."""
     dense, recs = group.records[group.dense.setting], group.records[arm.setting]
     out: Dict[str, Tuple[float, int]] = {}
-    for metric, value in (("attention_speedup", attention_speedup(dense, recs, arm.speed_layers())),
-                          ("attention_speedup_all_layers", attention_speedup(dense, recs, None)),
-                          ("ttft_speedup", ttft_speedup(dense, recs)),
-                          ("attention_speedup_total", attention_speedup(dense, recs, arm.speed_layers(), "total")),
-                          ("ttft_speedup_total", ttft_speedup(dense, recs, "total"))):
+    for metric, value in zip(TIMING_METRICS, (attention_speedup(dense, recs, arm.speed_layers()),
+                                              attention_speedup(dense, recs, None),
+                                              ttft_speedup(dense, recs),
+                                              attention_speedup(dense, recs, arm.speed_layers(), "total"),
+                                              ttft_speedup(dense, recs, "total"))):
         if value is not None:
             out[metric] = value
+    return out
+
+
+def speed_metrics(group: Group, arm: ArmRun, timed_in: Optional[Tuple[Group, ArmRun]] = None
+                  ) -> Dict[str, Tuple[float, int]]:
+    """The speed and sparsity figures of ``arm`` in ``group``: ``{metric: (value, n)}`` for
+    the metrics of :data:`SPEED_METRIC_ORDER` that its records allow (see the module docstring).
+    ``timed_in``: (group, arm) of another run whose timing figures replace the arm's own (its
+    sparsity and kept fraction stay the arm's)."""
+    out = dict(timing_metrics(*(timed_in or (group, arm))))
+    return _with_sparsity(out, group, arm)
+
+
+def _with_sparsity(out: Dict[str, Tuple[float, int]], group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
+    recs = group.records[arm.setting]
     if _is_dense(arm):
         out["attention_sparsity"], out["keep_fraction"] = (0.0, len(recs)), (1.0, len(recs))
     else:
@@ -517,15 +541,30 @@ def _dry_run(groups: Sequence[Group]) -> int:
 # --------------------------------------------------------------------------- study tables
 
 def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confidence: float,
-                log=None) -> Tuple[List[dict], List[str]]:
-    """(tidy rows, summary lines) of ``study tables`` over ``groups``."""
+                log=None, speed_groups: Optional[Sequence[Group]] = None) -> Tuple[List[dict], List[str]]:
+    """(tidy rows, summary lines) of ``study tables`` over ``groups``. ``speed_groups`` (the
+    ``--speed-from`` runs): each arm's timing rows come from the arm of the same setting in the
+    speed group of the same model and length, against that group's dense arm, and carry its run
+    key in ``timed_run_key``; an arm with no such run gets no timing rows."""
     from tsa_bench.analysis.paired import compare_many, paired_rows
     from tsa_bench.results import row
 
     log = log or _stderr
     rows: List[dict] = []
     summary: List[str] = []
+    by_cell = {(sg.model, sg.seq_len): sg for sg in speed_groups or ()}
+    for cell in sorted(set(by_cell) - {(g.model, g.seq_len) for g in groups}):
+        log(f"--speed-from: {cell[0]} {_fmt_len(cell[1])} has no accuracy run; not used")
     for g in groups:
+        timed_in: Dict[str, Tuple[Group, ArmRun]] = {}
+        if speed_groups is not None:
+            sg = by_cell.get((g.model, g.seq_len))
+            timed_in = {sa.setting: (sg, sa) for sa in sg.arms} if sg is not None else {}
+            untimed = [a.setting for a in g.arms if a.setting not in timed_in]
+            if untimed:
+                log(f"{g.model} {_fmt_len(g.seq_len)}: --speed-from has no run of "
+                    f"{'any arm' if len(untimed) == len(g.arms) else ', '.join(untimed)}: no timing rows for "
+                    f"{'them' if len(untimed) > 1 else 'it'}")
         dense = list(g.records[g.dense.setting].values())
         table = compare_many(dense, {a.setting: list(g.records[a.setting].values()) for a in g.arms},
                              n_resamples=n_resamples, seed=seed, confidence=confidence)
@@ -537,17 +576,24 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         lines = []
         missing: Dict[str, List[str]] = {}
         for a in g.arms:
-            speed = speed_metrics(g, a)
-            for metric in ("attention_speedup", "ttft_speedup"):
-                if metric not in speed:
-                    missing.setdefault(metric, []).append(a.setting)
+            timed = timed_in.get(a.setting)
+            if speed_groups is not None and timed is None:
+                speed = _with_sparsity({}, g, a)             # said above: no timing run
+            else:
+                speed = speed_metrics(g, a, timed)
+                for metric in ("attention_speedup", "ttft_speedup"):
+                    if metric not in speed:
+                        missing.setdefault(metric, []).append(a.setting)
             core = {k: v for k, v in identities[a.setting].items() if k in ("method", "tau", "model", "weights",
                                                                            "dtype")}
             extra = {k: v for k, v in identities[a.setting].items() if k not in core}
             for metric in ROW_METRICS:
                 if metric in speed:
                     value, n = speed[metric]
-                    rows.append({**row(metric, _r(value), n=n, task="all", seq_len=g.seq_len, **core), **extra})
+                    where = dict(timed_run_key=timed[1].run_key) if timed is not None and metric in TIMING_METRICS \
+                        else {}
+                    rows.append({**row(metric, _r(value), n=n, task="all", seq_len=g.seq_len, **core), **extra,
+                                 **where})
             h = head.loc[a.setting]
             value = {m: v for m, (v, _) in speed.items()}
             lines.append([a.setting, _num(h["score"], ".2f"),
@@ -570,23 +616,31 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
                 f"{'any arm' if len(settings) == len(g.arms) else ', '.join(settings)}: the records lack {why}")
         pct = f"{confidence * 100:g}%"
         summary.append(f"{g.model}, {_fmt_len(g.seq_len)}: {g.n} samples per arm, baseline {g.dense.setting}; "
-                       f"score = mean over tasks (points), diff vs dense [paired {pct} bootstrap]")
+                       f"score = mean over tasks (points), diff vs dense [paired {pct} bootstrap]"
+                       + ("" if speed_groups is None else
+                          f"; speedups from --speed-from ({by_cell[(g.model, g.seq_len)].n} samples per arm)"
+                          if (g.model, g.seq_len) in by_cell else "; no --speed-from run at this length"))
         summary.append(_fmt_table(["setting", "score", "diff [lo, hi]", "attn x", "attn x all", "ttft x",
                                    "sparsity", "keep"], lines))
         summary.append("")
     return rows, summary
 
 
-def _config(args, groups: Sequence[Group]) -> Dict[str, Any]:
+def _config(args, groups: Sequence[Group], speed_groups: Optional[Sequence[Group]] = None) -> Dict[str, Any]:
     """The provenance ``config`` of every row: the command and, per group, its sample count and
     the samples left out of arms (not in every arm). Each row names its own arm in the
     ``run_key`` and ``predictions`` columns (and its dense arm in ``baseline_run_key``); the
     config holds no per-arm list, which repeated on every row made a 650-sample grid's CSV
     mostly copies of it."""
-    return dict(command=command_line(args), run_dirs=list(args.run_dirs), resamples=args.resamples,
-                seed=args.seed, confidence=args.confidence,
-                groups=[dict(model=g.model, seq_len=g.seq_len, samples=g.n, arms=len(g.arms),
-                             left_out={s: k for s, k in g.dropped.items() if k}) for g in groups])
+    out = dict(command=command_line(args), run_dirs=list(args.run_dirs), resamples=args.resamples,
+               seed=args.seed, confidence=args.confidence,
+               groups=[dict(model=g.model, seq_len=g.seq_len, samples=g.n, arms=len(g.arms),
+                            left_out={s: k for s, k in g.dropped.items() if k}) for g in groups])
+    if speed_groups is not None:
+        out["speed_from"] = list(args.speed_from)
+        out["speed_groups"] = [dict(model=g.model, seq_len=g.seq_len, samples=g.n, arms=len(g.arms),
+                                    baseline_run_key=g.dense.run_key) for g in speed_groups]
+    return out
 
 
 def run_tables(args) -> int:
@@ -594,10 +648,16 @@ def run_tables(args) -> int:
     groups = group_arms(find_arms(args.run_dirs), args.model_name)
     for g in groups:
         say_dropped(g, _stderr)
+    speed_groups = None
+    if args.speed_from:
+        speed_groups = group_arms(find_arms(args.speed_from), args.model_name)
+        for sg in speed_groups:
+            say_dropped(sg, lambda m: _stderr("--speed-from: " + m))
     if args.dry_run:
         return _dry_run(groups)
-    rows, summary = tables_rows(groups, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence)
-    writer = _writer(args, "accuracy", _config(args, groups))
+    rows, summary = tables_rows(groups, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence,
+                                speed_groups=speed_groups)
+    writer = _writer(args, "accuracy", _config(args, groups, speed_groups))
     writer.add(rows)
     if args.print_table:
         print("\n".join(summary))

@@ -441,17 +441,10 @@ def timing_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
     return out
 
 
-def speed_metrics(group: Group, arm: ArmRun, timed_in: Optional[Tuple[Group, ArmRun]] = None
-                  ) -> Dict[str, Tuple[float, int]]:
-    """The speed and sparsity figures of ``arm`` in ``group``: ``{metric: (value, n)}`` for
-    the metrics of :data:`SPEED_METRIC_ORDER` that its records allow (see the module docstring).
-    ``timed_in``: (group, arm) of another run whose timing figures replace the arm's own (its
-    sparsity and kept fraction stay the arm's)."""
-    out = dict(timing_metrics(*(timed_in or (group, arm))))
-    return _with_sparsity(out, group, arm)
-
-
-def _with_sparsity(out: Dict[str, Tuple[float, int]], group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
+def sparsity_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
+    """``attention_sparsity`` and ``keep_fraction`` of ``arm`` in ``group`` (dense: 0 and 1; a
+    method without TSA: none), ``{metric: (value, n)}``."""
+    out: Dict[str, Tuple[float, int]] = {}
     recs = group.records[arm.setting]
     if _is_dense(arm):
         out["attention_sparsity"], out["keep_fraction"] = (0.0, len(recs)), (1.0, len(recs))
@@ -576,11 +569,9 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         lines = []
         missing: Dict[str, List[str]] = {}
         for a in g.arms:
-            timed = timed_in.get(a.setting)
-            if speed_groups is not None and timed is None:
-                speed = _with_sparsity({}, g, a)             # said above: no timing run
-            else:
-                speed = speed_metrics(g, a, timed)
+            timed = timed_in.get(a.setting) if speed_groups is not None else (g, a)   # None: said above
+            speed = {**(timing_metrics(*timed) if timed else {}), **sparsity_metrics(g, a)}
+            if timed:
                 for metric in ("attention_speedup", "ttft_speedup"):
                     if metric not in speed:
                         missing.setdefault(metric, []).append(a.setting)
@@ -590,8 +581,8 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
             for metric in ROW_METRICS:
                 if metric in speed:
                     value, n = speed[metric]
-                    where = dict(timed_run_key=timed[1].run_key) if timed is not None and metric in TIMING_METRICS \
-                        else {}
+                    where = dict(timed_run_key=timed[1].run_key) if speed_groups is not None \
+                        and metric in TIMING_METRICS else {}
                     rows.append({**row(metric, _r(value), n=n, task="all", seq_len=g.seq_len, **core), **extra,
                                  **where})
             h = head.loc[a.setting]

@@ -31,6 +31,7 @@ SHAPES = [
     pytest.param(2, 4, 2, 83, 32, 16, id="B2-gqa2-L83-bs16"),
     pytest.param(1, 3, 1, 70, 16, 32, id="B1-mqa-L70-bs32"),
     pytest.param(2, 2, 2, 48, 24, 16, id="B2-mha-L48-D24"),
+    pytest.param(1, 4, 1, 45, 256, 16, id="B1-gqa4-L45-D256"),      # Gemma-3's head: 4 x 256, one KV head
 ]
 
 
@@ -158,10 +159,12 @@ def _lowp_reference(q, k, v, pattern, scale):
 
 
 @pytest.mark.gpu
-def test_kernel_gpu_bf16_vs_reference():
-    """bf16 on the GPU: error vs the fp32 reference at most 2x a plain bf16 PyTorch run's."""
+@pytest.mark.parametrize("Hq,Hkv,D", [(8, 2, 128), (4, 1, 256)], ids=["D128", "gemma3-D256"])
+def test_kernel_gpu_bf16_vs_reference(Hq, Hkv, D):
+    """bf16 on the GPU: error vs the fp32 reference at most 2x a plain bf16 PyTorch run's (also
+    at Gemma-3's 256-wide heads, where only the small tile fits shared memory)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
-    B, Hq, Hkv, L, D = 2, 8, 2, 1000, 128
+    B, L = 2, 1000
     q, k, v = (torch.randn(B, h, L, D, device="cuda", generator=gen).bfloat16() for h in (Hq, Hkv, Hkv))
     nb = -(-L // 128)
     mask = torch.rand(B, Hq, nb, nb, device="cuda", generator=gen) < 0.3
@@ -169,7 +172,7 @@ def test_kernel_gpu_bf16_vs_reference():
     out = torch.full_like(q, float("nan"))
     block_sparse_attention(q, k, v, pattern, out=out)
     ref32 = block_sparse_attention_naive(q.float(), k.float(), v.float(), pattern)
-    lowp = _lowp_reference(q, k, v, pattern, 128 ** -0.5)
+    lowp = _lowp_reference(q, k, v, pattern, D ** -0.5)
     assert not out.isnan().any()
     assert _rms_ratio(out, ref32) <= 2 * _rms_ratio(lowp, ref32)
 
@@ -188,3 +191,19 @@ def test_compaction_triton_matches_torch_on_long_rows(gen):
     mask = torch.rand(1, 2, 2, 1500, generator=gen) < 0.2     # rows longer than one 1024 chunk
     a, b = mask_to_lists(mask), mask_to_lists_torch(mask)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_wide_heads_keep_a_tile_that_fits_shared_memory():
+    """At D = 256 every configured tile but one needs more shared memory than a Hopper SM has
+    (bf16: Q tile + num_stages x (K + V tiles)); the prune adds a small one there and only there."""
+    from tsa_core.sparse.block_sparse.kernel import _GPU_CONFIGS, _prune
+
+    def smem_kib(c, d):
+        return 2 * d * (c.kwargs["BLOCK_M"] + c.num_stages * 2 * c.kwargs["BLOCK_N"]) / 1024
+
+    narrow = _prune(list(_GPU_CONFIGS), {}, BLOCK_SIZE=128, BLOCK_D=128)
+    assert len(narrow) == len(_GPU_CONFIGS)                       # D <= 128: the list as before
+    wide = _prune(list(_GPU_CONFIGS), {}, BLOCK_SIZE=128, BLOCK_D=256)
+    assert min(smem_kib(c, 256) for c in wide) <= 100 < min(smem_kib(c, 256) for c in _GPU_CONFIGS)
+    small = _prune(list(_GPU_CONFIGS), {}, BLOCK_SIZE=16, BLOCK_D=64)  # no configured tile fits 16-blocks
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in small] == [(16, 16)]

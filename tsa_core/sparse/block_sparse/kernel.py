@@ -166,10 +166,16 @@ _GPU_CONFIGS = [
 
 
 def _prune(configs, named_args, **kwargs):
+    """The tiles that fit the pattern's blocks; for heads wider than 128 (Gemma-3: 256) also a
+    small two-stage tile, since the wide ones need more shared memory than a Hopper SM has at
+    D = 256 (a config that does not fit is skipped by the autotuner, so one must)."""
     bs = kwargs.get("BLOCK_SIZE", named_args.get("BLOCK_SIZE"))
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 0))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= bs and c.kwargs["BLOCK_N"] <= bs]
-    return kept or [triton.Config({"BLOCK_M": min(bs, 64), "BLOCK_N": min(bs, 64)}, num_warps=4,
-                                  num_stages=2)]
+    if block_d > 128 or not kept:
+        kept.append(triton.Config({"BLOCK_M": min(bs, 64), "BLOCK_N": min(bs, 64 if block_d <= 128 else 32)},
+                                  num_warps=4, num_stages=2))
+    return kept
 
 
 @functools.lru_cache(maxsize=1)

@@ -34,6 +34,13 @@ wait_gemma() {  # the Gemma GGUF arrives in parts while the SmolLM2 jobs run
 }
 RULER="python3 -m tsa_bench ruler --engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
 
+smol_calibrate() {  # LENGTH SEARCH_N LAYER_SETS DIR: `calibrate` on SmolLM2's six calibration tasks
+  CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens "$1" \
+    --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n "$2" \
+    --layer-sets "$3" --eval-n 50 --objective sparsity --engine batched $(new_batch) --data generated \
+    --words builtin --no-progress --out-dir "/tmp/runs/$4"
+}
+
 job() {
   local name=$1
   case "$name" in
@@ -152,22 +159,12 @@ EOF
         --sparse-layers "drift=results/layers/smollm2-135m-8k.json" --decode-attention grouped $(new_batch) \
         --seq-lens 8k -n $N --out-dir /tmp/runs/smol-8k ;;
     smol-calibrate)  # issue 12 item 5 on the GPU: search on seed 1042, held-out on seed 42
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 4k \
-        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 25 \
-        --layer-sets "drift=$DRIFT4K;half=15-29;late=23-29" --eval-n 50 --objective sparsity \
-        --engine batched $(new_batch) --data generated --words builtin --no-progress --out-dir /tmp/runs/smol-calibrate ;;
+      smol_calibrate 4k 25 "drift=$DRIFT4K;half=15-29;late=23-29" smol-calibrate ;;
     smol-calibrate-4k50)  # item 5 at 4K again with 50 search samples a task (25 picked tau 0.05, over on held-out)
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 4k \
-        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 50 \
-        --layer-sets "drift=$DRIFT4K;half=15-29;late=23-29" --eval-n 50 --objective sparsity \
-        --engine batched $(new_batch) --data generated --words builtin --no-progress --out-dir /tmp/runs/smol-calibrate-4k50 ;;
+      smol_calibrate 4k 50 "drift=$DRIFT4K;half=15-29;late=23-29" smol-calibrate-4k50 ;;
     smol-calibrate-8k)  # 50 search samples per task; only the late sets: at 8K the grid's drift and half
       # sets lose 7-19 points at every tau, and the search would spend six evaluations confirming it
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 8k \
-        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 50 \
-        --layer-sets "late=23-29;last4=26-29" --eval-n 50 \
-        --objective sparsity --engine batched $(new_batch) --data generated --words builtin --no-progress \
-        --out-dir /tmp/runs/smol-calibrate-8k ;;
+      smol_calibrate 8k 50 "late=23-29;last4=26-29" smol-calibrate-8k ;;
     gemma-sens)    # item 4 for Gemma: TSA in one global layer at a time at 32K, tau 0.02
       wait_gemma || return 1
       export PYTHONPATH=.:/tmp/site524:/tmp/site

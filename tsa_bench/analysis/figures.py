@@ -101,8 +101,7 @@ def _scatter_panels(points: pd.DataFrame, xcol: str, xlabel: str, path: Path, ti
     families = sorted(slots, key=slots.get)
     colours = {f: colormaps["tab10"](i % 10) for f, i in slots.items()}
     set_slots = _slots({str(v) for v in pts["layers"] if isinstance(v, str)}, LAYER_SET_ORDER)
-    layer_sets = sorted(set_slots, key=set_slots.get)
-    markers = {name: "os^Dvp*hX"[i % 9] for name, i in set_slots.items()}
+    markers = {name: "os^Dvp*hX"[i % 9] for name, i in set_slots.items()}     # in slot order
     drawn: Dict[Panel, Dict[str, np.ndarray]] = {}
     for ax, (model, L) in zip(axes, panels):
         g = pts[(pts["model"] == model) & (pts["seq_len"] == L)]

@@ -45,8 +45,8 @@ SMOL_PARTS=${SMOL_PARTS:-3}          # .carry/t1 .. t3
 GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the tree stay under 64 MiB)
 # the third session: QUEUE0="smol-4k-composed smol-8k-sparse smol-calibrate-4k50 smol-calibrate-8k",
 # QUEUE1="smol-8k-late gemma-calibrate smol-speed"; the next one's:
-QUEUE0=${QUEUE0:-smol-calibrate-8k smol-calibrate-4k50}
-QUEUE1=${QUEUE1:-gemma-32k-composed}   # Gemma arrives in parts meanwhile
+QUEUE0=${QUEUE0:-smol-calibrate-8k smol-calibrate-4k50 smol-4k-late-composed}
+QUEUE1=${QUEUE1:-smol-speed2-4k gemma-32k-composed smol-speed2-8k refill-check}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs
@@ -107,6 +107,11 @@ best = int(d.idxmin())
 print(best if d[best] < 0.85 * d.get(16, float("inf")) else 16)
 PYEOF
            echo "decode batch for new runs: $(cat /tmp/jobs/batch)" ;;
+    kcheck) # the sparse methods at Gemma-3's 256-wide heads on this GPU, before the Gemma jobs use them
+           TRITON_INTERPRET=0 timeout 240 python3 -m pytest -q -m gpu tests/test_sparse_methods.py \
+             tests/test_sparse_block_kernel.py -k "gemma3 or D256" 2>&1 | tail -6 ;;
+    resnap) # a fix made during the session: the packages only (a running queue reads its own script)
+           [ -d /tmp/repo ] && cp -r tsa_core tsa_bench /tmp/repo/ && echo "packages copied into /tmp/repo" ;;
     status) ls -la /tmp/jobs /tmp/runs 2>/dev/null; tail -n 5 /tmp/jobs/*.log 2>/dev/null ;;
     *) echo "unknown part $part" ;;
   esac

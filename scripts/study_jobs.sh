@@ -149,6 +149,28 @@ EOF
         --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
         --out-dir /tmp/runs/gemma-32k ;;
+    smol-speed2-4k|smol-speed2-8k)  # every timed SmolLM2 arm again in one run per length on a GPU with no
+      # other job: the five late taus (smol-speed timed two), the drift taus 0.005 and 0.01, the six composed
+      # arms; n = 6 a task; `study tables --speed-from` takes all timing from this one run per length
+      L=${name#smol-speed2-}; d=/tmp/runs/smol-speed2-$L
+      [ "$L" = 4k ] && drift=$DRIFT4K || drift=results/layers/smollm2-135m-8k.json
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.002,0.005,0.01,0.02,0.05 \
+        --sparse-layers "late=23-29" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 --out-dir $d
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.005,0.01 \
+        --sparse-layers "drift=$drift" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 --out-dir $d
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
+        --method dense,xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa \
+        --tau 0.005 --sparse-layers "drift=$drift" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 \
+        --out-dir $d ;;
+    smol-4k-late-composed)  # the composed methods + TSA in the late layers (tau 0.005), smol-4k-fast's samples
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
+        --method flexprefill+tsa,minference+tsa,xattention+tsa --tau 0.005 --sparse-layers "late=23-29" \
+        --decode-attention grouped $(new_batch) --seq-lens 4k -n $N --out-dir /tmp/runs/smol-4k-fast ;;
+    refill-check)  # continuous batching (--refill) on the GPU: same tokens as the grouped engine, and its speed
+      for r in "" --refill; do
+        CUDA_VISIBLE_DEVICES=$G timeout 300 python3 scripts/gpu_engine.py --model $SMOL --seq-len 4k -n 2 \
+          --methods dense,tsa --decode-attention grouped $r --out /tmp/runs/engine-grouped${r:+-refill} | tail -4
+      done ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

@@ -168,3 +168,22 @@ def test_stages_of_a_registry_entry(qkv):
     torch.testing.assert_close(staged, be(q[:1], k[:1], v[:1], scale=0.25))
     with pytest.raises(ValueError, match="not a sparse-method entry"):
         stages("sdpa")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["flexprefill", "xattention", "minference"])
+def test_methods_at_gemma3_head_width_gpu(name):
+    """Every method with its default parameters at Gemma-3-270M's attention shape (4 query heads
+    on one KV head, 256 wide, bf16, a length off every tile), as the composed runs on Gemma at 32K
+    call it: the Triton estimation and the block-sparse kernel, against the masked-dense
+    reference on the same pattern (estimation in bf16 and fp32 may differ near a threshold)."""
+    q, k, v = synthetic_qkv(1, 4, 1, 4100, 256, device="cuda", dtype=torch.bfloat16, workload=Workload(seed=5))
+    stats = {}
+    out = sparse_attention(q, k, v, scale=256 ** -0.5, method=name, stats=stats)
+    assert torch.isfinite(out).all() and 0.0 < stats["density"] <= 1.0
+    pattern = estimate_pattern(name, q, k, scale=256 ** -0.5)
+    ref = run_with_pattern(q.float(), k.float(), v.float(), pattern, scale=256 ** -0.5, impl="naive")
+    again = run_with_pattern(q, k, v, pattern, scale=256 ** -0.5)
+    for got in (out, again):
+        err = (got.float() - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()
+        assert err.item() < 2e-2, err.item()

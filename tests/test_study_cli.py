@@ -310,3 +310,31 @@ def test_sensitivity_without_single_layer_arms_is_a_usage_error(tmp_path, capsys
     drift.write_text(json.dumps({"drift": [0.1, 0.2, 0.3, 0.4]}))
     rc, _, err = study(capsys, "sensitivity", str(run), "--drift", str(drift), "--out", str(tmp_path / "s.csv"))
     assert rc == 2 and "no arm runs TSA in exactly one layer" in err
+
+
+def test_method_layers_time_a_sparse_method_where_it_runs(tmp_path, capsys):
+    """A hybrid model: the method runs in layer 2 only (the others keep their own attention, as
+    Gemma-3's sliding layers do). Dense takes 10 ms in every layer; the method 4 ms in layer 2
+    and 10 ms elsewhere. Over every layer (the default) that is 40 / 34; with --method-layers 2
+    it is 10 / 4 = 2.5, and the all-layer row stays 40 / 34. TSA arms keep their sparse layers."""
+    run = tmp_path / "run"
+    make_arm(run, [timed(t, i, 1, {k: 10.0 for k in range(LAYERS)}, 1.0) for t, i in SAMPLES], method="dense")
+    make_arm(run, [timed(t, i, 1, {k: 4.0 if k == 2 else 10.0 for k in range(LAYERS)}, 0.9) for t, i in SAMPLES],
+             method="flexprefill")
+    make_arm(run, [timed(t, i, 1, {k: 5.0 if k == 1 else 10.0 for k in range(LAYERS)}, 0.9, {1: [0.5, 0.5]})
+                   for t, i in SAMPLES], method="tsa", tau=0.01, layers="l1", sparse_layers=(1,))
+    default = tables(capsys, tmp_path / "a", run)[3]
+    assert value(default, "flexprefill", "attention_speedup").value == pytest.approx(40 / 34, abs=1e-4)
+    rc, out, err, df = tables(capsys, tmp_path / "b", run, extra=("--method-layers", "2"))
+    assert rc == 0, err
+    assert value(df, "flexprefill", "attention_speedup").value == pytest.approx(2.5)
+    assert value(df, "flexprefill", "attention_speedup_all_layers").value == pytest.approx(40 / 34, abs=1e-4)
+    assert value(df, "tsa tau=0.01 l1", "attention_speedup").value == pytest.approx(2.0)
+    assert value(df, "dense", "attention_speedup").value == pytest.approx(1.0)
+    assert json.loads(df.config.iloc[0])["method_layers"] == [2]
+    rc, out, err = study(capsys, "tables", str(run), "--model-name", MODEL, "--out", str(tmp_path / "c.csv"),
+                         "--method-layers", "7")
+    assert rc == 2 and "times no layer [7]" in err
+    rc, out, err = study(capsys, "tables", str(run), "--model-name", MODEL, "--out", str(tmp_path / "c.csv"),
+                         "--method-layers", "two")
+    assert rc == 2 and "--method-layers" in err

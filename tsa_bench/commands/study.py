@@ -77,6 +77,11 @@ def add_arguments(p) -> None:
                              "instead: each arm from the run of the same setting, model and length, against "
                              "that run's own dense arm (e.g. a short run with the GPU to itself); an arm "
                              "they lack gets no timing rows. Scores and sparsity stay those of RUN_DIR")
+    tables.add_argument("--method-layers", default=None, metavar="LAYERS",
+                        help="the layers a sparse method without TSA (flexprefill, xattention, minference) runs "
+                             "in, e.g. '5,11,17': its attention_speedup sums over them (default: every layer). "
+                             "For a hybrid model give its full-attention layers (Gemma-3-270M: 5,11,17); its "
+                             "sliding-window layers keep their band under every method")
     sens = sub.add_parser("sensitivity", help="score lost per layer (TSA in that layer alone) vs drift",
                           description="Compare every arm that runs TSA in exactly one layer with dense, beside "
                                       "the layer's drift, and write the tidy rows.")
@@ -154,10 +159,13 @@ class ArmRun:
             out[i] = r
         return out
 
-    def speed_layers(self) -> Optional[Tuple[int, ...]]:
-        """The layers ``attention_speedup`` sums over: the plan's sparse layers under TSA,
-        ``None`` (every layer) for dense and for a sparse method without TSA."""
-        return self.sparse_layers if self.tsa else None
+    def speed_layers(self, method_layers: Optional[Sequence[int]] = None) -> Optional[Tuple[int, ...]]:
+        """The layers ``attention_speedup`` sums over: the plan's sparse layers under TSA; for a
+        sparse method without TSA ``method_layers`` (the layers it runs in; ``study tables
+        --method-layers``), ``None`` (every layer) when not given; ``None`` for dense."""
+        if self.tsa:
+            return self.sparse_layers
+        return tuple(method_layers) if method_layers and not _is_dense(self) else None
 
 
 def _stderr(msg: str) -> None:
@@ -426,15 +434,18 @@ TIMING_METRICS = ("attention_speedup", "attention_speedup_all_layers", "ttft_spe
                   "ttft_speedup_total")
 
 
-def timing_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
+def timing_metrics(group: Group, arm: ArmRun,
+                   method_layers: Optional[Sequence[int]] = None) -> Dict[str, Tuple[float, int]]:
     """The timing figures (:data:`TIMING_METRICS`) of ``arm`` against the dense arm of ``group``:
-    ``{metric: (value, n)}`` for those its records allow (see the module docstring)."""
+    ``{metric: (value, n)}`` for those its records allow (see the module docstring);
+    ``method_layers``: see :meth:`ArmRun.speed_layers`."""
     dense, recs = group.records[group.dense.setting], group.records[arm.setting]
+    layers = arm.speed_layers(method_layers)
     out: Dict[str, Tuple[float, int]] = {}
-    for metric, value in zip(TIMING_METRICS, (attention_speedup(dense, recs, arm.speed_layers()),
+    for metric, value in zip(TIMING_METRICS, (attention_speedup(dense, recs, layers),
                                               attention_speedup(dense, recs, None),
                                               ttft_speedup(dense, recs),
-                                              attention_speedup(dense, recs, arm.speed_layers(), "total"),
+                                              attention_speedup(dense, recs, layers, "total"),
                                               ttft_speedup(dense, recs, "total"))):
         if value is not None:
             out[metric] = value
@@ -521,11 +532,12 @@ def _check_stats_args(args) -> None:
         raise UsageError(f"--confidence must be in (0, 1), got {args.confidence}")
 
 
-def _dry_run(groups: Sequence[Group]) -> int:
+def _dry_run(groups: Sequence[Group], method_layers: Optional[Sequence[int]] = None) -> int:
     for g in groups:
         print(f"{g.model} {_fmt_len(g.seq_len)}: {g.n} common samples, baseline {g.dense.setting}")
         for a in g.arms:
-            layers = "every layer" if a.speed_layers() is None else f"layers {list(a.speed_layers())}"
+            sl = a.speed_layers(method_layers)
+            layers = "every layer" if sl is None else f"layers {list(sl)}"
             print(f"  {a.setting}: {len(g.records[a.setting])} samples, {g.dropped[a.setting]} left out, "
                   f"speedup over {layers}; {a.predictions}")
     return 0
@@ -534,11 +546,13 @@ def _dry_run(groups: Sequence[Group]) -> int:
 # --------------------------------------------------------------------------- study tables
 
 def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confidence: float,
-                log=None, speed_groups: Optional[Sequence[Group]] = None) -> Tuple[List[dict], List[str]]:
+                log=None, speed_groups: Optional[Sequence[Group]] = None,
+                method_layers: Optional[Sequence[int]] = None) -> Tuple[List[dict], List[str]]:
     """(tidy rows, summary lines) of ``study tables`` over ``groups``. ``speed_groups`` (the
     ``--speed-from`` runs): each arm's timing rows come from the arm of the same setting in the
     speed group of the same model and length, against that group's dense arm, and carry its run
-    key in ``timed_run_key``; an arm with no such run gets no timing rows."""
+    key in ``timed_run_key``; an arm with no such run gets no timing rows. ``method_layers``:
+    the layers a sparse method without TSA runs in (its ``attention_speedup``; default every layer)."""
     from tsa_bench.analysis.paired import compare_many, paired_rows
     from tsa_bench.results import row
 
@@ -570,7 +584,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         missing: Dict[str, List[str]] = {}
         for a in g.arms:
             timed = timed_in.get(a.setting) if speed_groups is not None else (g, a)   # None: said above
-            speed = {**(timing_metrics(*timed) if timed else {}), **sparsity_metrics(g, a)}
+            speed = {**(timing_metrics(*timed, method_layers) if timed else {}), **sparsity_metrics(g, a)}
             if timed:
                 for metric in ("attention_speedup", "ttft_speedup"):
                     if metric not in speed:
@@ -594,7 +608,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         for metric, settings in missing.items():
             if metric == "attention_speedup":
                 arm_of = {a.setting: a for a in g.arms}
-                none = [s for s in settings if arm_of[s].speed_layers() == ()]
+                none = [s for s in settings if arm_of[s].speed_layers(method_layers) == ()]
                 if none:
                     log(f"{g.model} {_fmt_len(g.seq_len)}: no attention_speedup row for {', '.join(none)}: "
                         "the run's config names no sparse layer (plan.sparse_layers)")
@@ -627,6 +641,8 @@ def _config(args, groups: Sequence[Group], speed_groups: Optional[Sequence[Group
                seed=args.seed, confidence=args.confidence,
                groups=[dict(model=g.model, seq_len=g.seq_len, samples=g.n, arms=len(g.arms),
                             left_out={s: k for s, k in g.dropped.items() if k}) for g in groups])
+    if getattr(args, "method_layers", None):
+        out["method_layers"] = list(args.method_layers)
     if speed_groups is not None:
         out["speed_from"] = list(args.speed_from)
         out["speed_groups"] = [dict(model=g.model, seq_len=g.seq_len, samples=g.n, arms=len(g.arms),
@@ -634,8 +650,22 @@ def _config(args, groups: Sequence[Group], speed_groups: Optional[Sequence[Group
     return out
 
 
+def _parse_method_layers(spec: Optional[str]) -> Optional[List[int]]:
+    if spec is None:
+        return None
+    from tsa_bench.hf.layers import parse_layer_spec
+    try:
+        layers = sorted(set(parse_layer_spec(spec)))
+    except ValueError as e:
+        raise UsageError(f"--method-layers: {e}") from None
+    if not layers:
+        raise UsageError(f"--method-layers: no layer in {spec!r}")
+    return layers
+
+
 def run_tables(args) -> int:
     _check_stats_args(args)
+    args.method_layers = _parse_method_layers(args.method_layers)
     groups = group_arms(find_arms(args.run_dirs), args.model_name)
     for g in groups:
         say_dropped(g, _stderr)
@@ -644,10 +674,16 @@ def run_tables(args) -> int:
         speed_groups = group_arms(find_arms(args.speed_from), args.model_name)
         for sg in speed_groups:
             say_dropped(sg, lambda m: _stderr("--speed-from: " + m))
+    for g in (groups if args.method_layers else ()):
+        timed = {k for r in g.records[g.dense.setting].values() for k in (r.get("attn_ms") or {})}
+        absent = [i for i in args.method_layers if timed and str(i) not in timed]
+        if absent:
+            raise UsageError(f"--method-layers: {g.model} {_fmt_len(g.seq_len)} times no layer {absent} (its dense "
+                             f"records time layers {sorted(int(k) for k in timed)})")
     if args.dry_run:
-        return _dry_run(groups)
+        return _dry_run(groups, args.method_layers)
     rows, summary = tables_rows(groups, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence,
-                                speed_groups=speed_groups)
+                                speed_groups=speed_groups, method_layers=args.method_layers)
     writer = _writer(args, "accuracy", _config(args, groups, speed_groups))
     writer.add(rows)
     if args.print_table:

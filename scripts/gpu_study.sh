@@ -44,7 +44,11 @@ GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 SMOL_PARTS=${SMOL_PARTS:-3}          # .carry/t1 .. t3
 GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the tree stay under 64 MiB)
 # the third session: QUEUE0="smol-4k-composed smol-8k-sparse smol-calibrate-4k50 smol-calibrate-8k",
-# QUEUE1="smol-8k-late gemma-calibrate smol-speed"; the next one's:
+# QUEUE1="smol-8k-late gemma-calibrate smol-speed"; the fourth (these defaults) made the same calls
+# 1-12 with `kcheck` added to call 1 (28 min held; Gemma joined 2.5 min in), and when GPU 0's
+# queue ended early started a third queue on it from the call (`cp scripts/study_jobs.sh
+# /tmp/repo/scripts/study_jobs_b.sh`, then `setsid nohup bash ... 0 smol-calibrate-4k100`; a
+# running queue must not have its own script rewritten). Its defaults:
 QUEUE0=${QUEUE0:-smol-calibrate-8k smol-calibrate-4k50 smol-4k-late-composed}
 QUEUE1=${QUEUE1:-smol-speed2-4k gemma-32k-composed smol-speed2-8k refill-check}   # Gemma arrives in parts meanwhile
 

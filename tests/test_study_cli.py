@@ -338,3 +338,46 @@ def test_method_layers_time_a_sparse_method_where_it_runs(tmp_path, capsys):
     rc, out, err = study(capsys, "tables", str(run), "--model-name", MODEL, "--out", str(tmp_path / "c.csv"),
                          "--method-layers", "two")
     assert rc == 2 and "--method-layers" in err
+
+
+def test_layers_gives_per_layer_times_against_dense_and_against_the_method_alone(tmp_path, capsys):
+    """Dense 10 ms in each of 4 layers; FlexPrefill 4 ms in layer 2; FlexPrefill + TSA (layer 1)
+    5 ms in layer 1 and 4 in layer 2. Layer 1 of the composed arm: 5 ms, x2.0 vs dense, x2.0 vs
+    FlexPrefill alone; layer 2: x2.5 and x1.0; all layers: 29 ms, 40 / 29 and 34 / 29."""
+    run = tmp_path / "run"
+    make_arm(run, [timed(t, i, 1, {k: 10.0 for k in range(LAYERS)}, 1.0) for t, i in SAMPLES], method="dense")
+    make_arm(run, [timed(t, i, 1, {k: 4.0 if k == 2 else 10.0 for k in range(LAYERS)}, 0.9) for t, i in SAMPLES],
+             method="flexprefill", run_key="flexalone123")
+    ms = {0: 10.0, 1: 5.0, 2: 4.0, 3: 10.0}
+    make_arm(run, [timed(t, i, 1, ms, 0.8, {1: [0.5, 0.5]}) for t, i in SAMPLES], method="flexprefill+tsa",
+             tau=0.005, layers="l1", sparse_layers=(1,))
+    out = tmp_path / "layers.csv"
+    rc, stdout, err = study(capsys, "layers", str(run), "--model-name", MODEL, "--out", str(out), "--print")
+    assert rc == 0, err
+    df = pd.read_csv(out)
+    comp = "flexprefill+tsa tau=0.005 l1"
+
+    def at(setting, metric, layer=None):
+        sel = df[(df.setting == setting) & (df.metric == metric)]
+        sel = sel[sel.layer.isna()] if layer is None else sel[sel.layer == layer]
+        assert len(sel) == 1, (setting, metric, layer, len(sel))
+        return sel.iloc[0]
+
+    assert at(comp, "attention_ms", 1).value == pytest.approx(5.0)
+    assert at(comp, "attention_ms_all_layers").value == pytest.approx(29.0)
+    assert at(comp, "attention_speedup", 1).value == pytest.approx(2.0)
+    assert at(comp, "attention_speedup", 2).value == pytest.approx(2.5)
+    assert at(comp, "attention_speedup_all_layers").value == pytest.approx(40 / 29, abs=1e-4)
+    vs = at(comp, "attention_speedup_vs_method", 1)
+    assert vs.value == pytest.approx(2.0) and vs.baseline_run_key == "flexalone123"
+    assert at(comp, "attention_speedup_vs_method", 2).value == pytest.approx(1.0)
+    assert at(comp, "attention_speedup_vs_method_all_layers").value == pytest.approx(34 / 29, abs=1e-4)
+    assert at("dense", "attention_ms", 3).value == pytest.approx(10.0)
+    assert not len(df[(df.setting == "dense") & df.metric.str.startswith("attention_speedup")])
+    assert not len(df[(df.setting == "flexprefill") & (df.metric.str.startswith("attention_speedup_vs"))])
+    assert "dense, per layer (ms): 0: 10.00, 1: 10.00" in stdout
+    bare = tmp_path / "bare"
+    make_arm(bare, dense_records(attn=False), method="dense")
+    make_arm(bare, tsa_records(attn=False), method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3))
+    rc, stdout, err = study(capsys, "layers", str(bare), "--model-name", MODEL, "--out", str(tmp_path / "b.csv"))
+    assert rc == 2 and "attn_ms" in err

@@ -88,6 +88,11 @@ def add_arguments(p) -> None:
     sens.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="ruler output folders (or ruler CSVs)")
     sens.add_argument("--drift", required=True, metavar="PROFILE",
                       help="drift per layer: a profile-layers JSON (its 'drift' list) or CSV (metric == 'drift')")
+    lay = sub.add_parser("layers", help="per-layer attention time of every arm, vs dense and vs the method alone",
+                         description="Per (model, length) and arm: every layer's attention time (median over the "
+                                     "common samples), its speedup against dense, and for a '<method>+tsa' arm its "
+                                     "speedup against the '<method>' arm of the same run (what TSA adds on top).")
+    lay.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="ruler output folders (or ruler CSVs)")
     best = sub.add_parser("best", help="per model and length, the fastest setting within --max-drop of dense",
                           description="Read accuracy CSVs (written by `study tables`) and print, per model and "
                                       "length, the fastest setting other than dense whose score is within "
@@ -101,7 +106,7 @@ def add_arguments(p) -> None:
     best.add_argument("--speed", choices=["attention", "ttft", "sparsity"], default="attention",
                       help="what fastest means: attention speedup of the sparse layers (default), TTFT speedup, "
                            "or attention-map sparsity")
-    for q in (tables, sens):
+    for q in (tables, sens, lay):
         q.add_argument("--model-name", default=None,
                        help="model name in the rows (e.g. smollm2-135m; default: the runs' --model); the runs "
                             "must then hold one model")
@@ -825,6 +830,94 @@ def run_sensitivity(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- study layers
+
+def _alone_method(arm: ArmRun) -> Optional[str]:
+    """``"flexprefill"`` for a ``flexprefill+tsa`` arm; None for any other."""
+    return arm.method[: -len("+tsa")] if arm.method.endswith("+tsa") else None
+
+
+def _median_ms(recs: Mapping[str, dict], keys: Sequence[str]) -> Optional[Tuple[float, int]]:
+    """(median over samples of the arm's ``attn_ms`` summed over ``keys``, samples used)."""
+    vals = [sum(float(r["attn_ms"][k]) for k in keys) for r in recs.values()
+            if all(k in (r.get("attn_ms") or {}) for k in keys)]
+    return (float(statistics.median(vals)), len(vals)) if vals else None
+
+
+def layer_rows(g: Group) -> Tuple[List[dict], List[str]]:
+    """(tidy rows, summary lines) of ``study layers`` for one group. Per arm and per layer the
+    dense record times (``layer`` column), then over all of them (``*_all_layers``):
+    ``attention_ms`` (median over samples), ``attention_speedup`` (median over samples of dense /
+    arm; not for dense) and, for a ``<m>+tsa`` arm whose group holds the ``<m>`` arm alone,
+    ``attention_speedup_vs_method`` (median of ``<m>`` / arm), naming that arm in ``baseline_run_key``."""
+    from tsa_bench.results import row
+
+    dense = g.records[g.dense.setting]
+    timed = sorted({k for r in dense.values() for k in (r.get("attn_ms") or {})}, key=int)
+    if not timed:
+        return [], [f"{g.model} {_fmt_len(g.seq_len)}: the dense records hold no attn_ms (timed on CUDA only)"]
+    alone = {a.method: a for a in g.arms if not a.tsa and not _is_dense(a)}
+    rows: List[dict] = []
+    lines = []
+    for a in g.arms:
+        recs = g.records[a.setting]
+        ident = _identity(a, g.model)
+        core = {k: v for k, v in ident.items() if k in ("method", "tau", "model", "weights", "dtype")}
+        extra = {k: v for k, v in ident.items() if k not in core}
+        base = alone.get(_alone_method(a)) if a.tsa else None
+        line = [a.setting]
+        for key in timed + [None]:
+            keys, sel = (timed, None) if key is None else ([key], [int(key)])
+            suffix = "_all_layers" if key is None else ""
+            where = dict(task="all", seq_len=g.seq_len, **({} if key is None else {"layer": int(key)}), **core)
+            ms = _median_ms(recs, keys)
+            if ms is None:
+                continue
+            rows.append({**row("attention_ms" + suffix, _r(ms[0]), n=ms[1], **where), **extra})
+            if not _is_dense(a):
+                sp = attention_speedup(dense, recs, sel)
+                if sp is not None:
+                    rows.append({**row("attention_speedup" + suffix, _r(sp[0]), n=sp[1], **where), **extra,
+                                 "baseline_run_key": g.dense.run_key})
+            if base is not None:
+                vs = attention_speedup(g.records[base.setting], recs, sel)
+                if vs is not None:
+                    rows.append({**row("attention_speedup_vs_method" + suffix, _r(vs[0]), n=vs[1], **where),
+                                 **extra, "baseline_run_key": base.run_key})
+            if key is None:
+                line += [_num(ms[0], ".2f"), _num(sp[0] if not _is_dense(a) and sp else None, ".2f"),
+                         _num(vs[0] if base is not None and vs else None, ".2f")]
+        lines.append(line)
+    per_layer = ", ".join(f"{k}: {_num(_median_ms(dense, [k])[0], '.2f')}" for k in timed)
+    summary = [f"{g.model}, {_fmt_len(g.seq_len)}: {g.n} samples per arm; attention ms = median over samples of the "
+               "sum over every layer; x dense, x method = medians of per-sample ratios",
+               _fmt_table(["setting", "attention ms", "x dense", "x method"], lines),
+               f"dense, per layer (ms): {per_layer}", ""]
+    return rows, summary
+
+
+def run_layers(args) -> int:
+    groups = group_arms(find_arms(args.run_dirs), args.model_name)
+    for g in groups:
+        say_dropped(g, _stderr)
+    if args.dry_run:
+        return _dry_run(groups)
+    rows: List[dict] = []
+    summary: List[str] = []
+    for g in groups:
+        r, s_ = layer_rows(g)
+        rows += r
+        summary += s_
+    if not rows:
+        raise UsageError("no arm holds per-layer attention times (attn_ms: recorded on CUDA only)")
+    writer = _writer(args, "layers", _config(args, groups))
+    writer.add(rows)
+    if args.print_table:
+        print("\n".join(summary))
+    print(writer.write())
+    return 0
+
+
 # --------------------------------------------------------------------------- study best
 
 def run_best(args) -> int:
@@ -863,5 +956,8 @@ def run(args) -> int:
         return run_sensitivity(args)
     if getattr(args, "study_command", None) == "best":
         return run_best(args)
+    if getattr(args, "study_command", None) == "layers":
+        return run_layers(args)
     raise UsageError("choose a subcommand: `tsa-bench study tables RUN_DIR ...`, "
-                     "`tsa-bench study sensitivity RUN_DIR ... --drift PROFILE` or `tsa-bench study best [CSV ...]`")
+                     "`tsa-bench study sensitivity RUN_DIR ... --drift PROFILE`, `tsa-bench study layers RUN_DIR ...` "
+                     "or `tsa-bench study best [CSV ...]`")

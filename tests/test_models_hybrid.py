@@ -202,3 +202,84 @@ def test_capture_takes_the_middle_global_layer_with_band_masks_before_it(recorde
         assert torch.equal(got, want)
     with pytest.raises(ValueError, match="layer: layer 4 of this model uses sliding_attention"):
         capture_from_model(model, ids, layer=4)
+
+
+def _sliding_mask(B, L, window, pad=()):
+    """Gemma's sliding mask, boolean ``[B, 1, L, L]`` (True = attend): i - window < j <= i, and
+    the first ``pad[b]`` positions of row ``b`` masked as left padding."""
+    i = torch.arange(L).view(L, 1)
+    j = torch.arange(L).view(1, L)
+    band = (j <= i) & (j > i - window)
+    m = band.expand(B, 1, L, L).clone()
+    for b, p in enumerate(pad):
+        m[b, :, :, :p] = False
+        m[b, :, :p, :] = torch.eye(L, dtype=torch.bool)[:p]     # padded rows attend to themselves only
+    return m
+
+
+@pytest.mark.parametrize("B,L,window,chunk,pad", [
+    (1, 100, 7, 16, ()),                 # L off the chunk
+    (2, 257, 32, 64, (0, 45)),           # batch > 1 with left padding in one row
+    (1, 50, 60, 16, ()),                 # window longer than the prompt
+    (1, 33, 1, 8, ()),                   # a window of one key
+], ids=["L100-w7", "B2-pad", "wide-window", "w1"])
+def test_banded_sliding_attention_equals_the_masked_product(B, L, window, chunk, pad):
+    """Chunked prefill of a sliding layer == transformers' SDPA over the full L x L mask (GQA 2:1,
+    fp32), with the mask sliced from the same tensor, padding included."""
+    from tsa_bench.hf.attention import _sdpa_forward, banded_sliding_attention
+    model, _ = load_model(tiny_gemma(), weights="random", dtype=torch.float32)
+    attn = model.model.layers[0].self_attn
+    g = torch.Generator().manual_seed(L)
+    q = torch.randn(B, 4, L, 16, generator=g)
+    k, v = torch.randn(B, 2, L, 16, generator=g), torch.randn(B, 2, L, 16, generator=g)
+    mask = _sliding_mask(B, L, window, pad)
+    want, _ = _sdpa_forward(attn, q, k, v, mask, 0.0, 0.3, sliding_window=window)
+    got, none = banded_sliding_attention(attn, q, k, v, mask, window, 0.0, 0.3, chunk=chunk, sliding_window=window)
+    assert none is None and got.shape == want.shape == (B, L, 4, 16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="prefill"):
+        banded_sliding_attention(attn, q, k[:, :, :-1], v[:, :, :-1], mask, window)
+    with pytest.raises(ValueError, match="window"):
+        banded_sliding_attention(attn, q, k, v, mask, 0)
+
+
+@torch.no_grad()
+def test_banded_sliding_prefill_gives_the_mask_path_logits():
+    """A tiny Gemma-3 whose prompt is longer than the chunk (window 32: chunks of 1024 queries;
+    the prompt 1500 tokens) gives the same logits with sliding="banded" as with the default
+    "mask", for dense and for TSA in the global layers; the default leaves no "sliding" entry in
+    the settings, so run keys of earlier runs stay as they were."""
+    model, _ = load_model(tiny_gemma(), weights="random", method="dense", dtype=torch.float32, seed=3)
+    assert "sliding" not in model.config.tsa_settings
+    ids = _ids(1500, seed=9)
+    for method, cfg in (("dense", None), ("tsa", CFG)):
+        configure_tsa(model, method=method, tsa_config=cfg, impl="naive")
+        want = model(ids, use_cache=False).logits
+        configure_tsa(model, method=method, tsa_config=cfg, impl="naive", sliding="banded")
+        assert tsa_plan(model).sliding == "banded" and model.config.tsa_settings["sliding"] == "banded"
+        got = model(ids, use_cache=False).logits
+        reasons = {i: st.reason for i, st in last_stats(model).items()}
+        assert all(reasons[i].endswith("by query chunks") for i in range(6) if i not in GLOBAL), reasons
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="sliding must be one of"):
+        configure_tsa(model, method="dense", sliding="band")
+
+
+@pytest.mark.parametrize("command", ["ruler", "niah", "prefill"])
+def test_sliding_attention_flag_reaches_the_plan(command):
+    """`--sliding-attention banded` of ruler/niah/prefill configures the model with it (so ruler's
+    run key, which hashes the settings, separates the two); the default is mask."""
+    from tsa_bench.cli import build_parser
+    from tsa_bench.commands.ruler import configure_method
+    extra = ["--model", "gemma3-270m"] if command == "prefill" else []
+    args = build_parser().parse_args([command, *extra, "--weights", "random"])
+    assert args.sliding_attention == "mask"
+    args = build_parser().parse_args([command, *extra, "--weights", "random", "--sliding-attention", "banded"])
+    assert args.sliding_attention == "banded"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, *extra, "--sliding-attention", "band"])
+    if command == "ruler":
+        model, _ = load_model("gemma3-270m", weights="random", device="meta")
+        args.model, args.sparse_layers = "gemma3-270m", None
+        configure_method(model, args, "dense")
+        assert model.config.tsa_settings["sliding"] == "banded"

@@ -58,6 +58,9 @@ def add_arguments(p) -> None:
                    help="'15-30', 'half', 'preset' or a profile JSON (default: preset list, saved profile, or second half)")
     add_model_load_arguments(p)
     p.add_argument("--impl", default="auto", choices=["auto", "triton", "naive"], help="TSA ops implementation")
+    p.add_argument("--sliding-attention", default="mask", choices=["mask", "banded"],
+                   help="prefill of a hybrid model's sliding-window layers: mask (transformers' SDPA with the L x L "
+                        "mask, default) or banded (query chunks against the keys their window reaches)")
     p.add_argument("--batch", type=int, default=1, help="equal-length prompts per forward (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per (length, method) (default 1)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per (length, method) (default 5)")
@@ -207,7 +210,8 @@ def run(args) -> int:
 
     def configure(method: str, backend: str, cfg: TSAConfig = tsa_cfg):
         return configure_tsa(model, method=method, tsa_config=cfg, dense_backend=backend,
-                             sparse_layers=list(layers), impl=args.impl, model_name=name, weights=args.weights)
+                             sparse_layers=list(layers), impl=args.impl, model_name=name, weights=args.weights,
+                             sliding=args.sliding_attention)
 
     def emit(metric, value, method, backend, seq_len, *, tau_=None, error="", **kw):
         uses = "tsa" in method

@@ -70,6 +70,11 @@ def add_model_arguments(p) -> None:
                         "preset's, else 0.005); ruler takes a comma list, each TSA method then runs once per tau")
     add_model_load_arguments(p)
     p.add_argument("--dense-backend", default="sdpa", help="dense kernel from the registry (default sdpa)")
+    p.add_argument("--sliding-attention", default="mask", choices=["mask", "banded"],
+                   help="prefill of a hybrid model's sliding-window layers (Gemma 3): mask = transformers' SDPA "
+                        "with the layer's L x L mask, as the plain model (default); banded = the same call on "
+                        "query chunks against the keys their window reaches (same result up to rounding, "
+                        "O(L x window) work; docs/models.md). No effect on other models")
     p.add_argument("--dropped", default="zero",
                    help="output of the query rows TSA drops: zero (the paper) or local:<w> (attention over the "
                         "last w keys; docs/dropped-rows.md). Kept rows are unchanged")
@@ -524,7 +529,8 @@ def _load_model(args, device):
     cfg = _tsa_config(args) if uses_tsa(args.method) else None
     loaded = load_model(args.model, method=args.method, tsa_config=cfg, dense_backend=args.dense_backend,
                         weights=args.weights, dtype=args.dtype, device=device,
-                        sparse_layers=args.sparse_layers, rope_scaling=getattr(args, "rope_scaling", None))
+                        sparse_layers=args.sparse_layers, rope_scaling=getattr(args, "rope_scaling", None),
+                        sliding=getattr(args, "sliding_attention", "mask"))
     if _KEPT_MODELS is not None:
         _KEPT_MODELS[key] = loaded
     return loaded
@@ -940,7 +946,8 @@ def configure_method(model, args, method: str):
     cfg = _tsa_config(args) if uses_tsa(method) else None
     return configure_tsa(model, method=method, tsa_config=cfg, dense_backend=args.dense_backend,
                          sparse_layers=args.sparse_layers if uses_tsa(method) else None,
-                         model_name=_model_name(args), weights=args.weights)
+                         model_name=_model_name(args), weights=args.weights,
+                         sliding=getattr(args, "sliding_attention", "mask"))
 
 
 def engine_key(engine) -> str:

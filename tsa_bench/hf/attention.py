@@ -21,8 +21,11 @@ What runs where, per call:
   kernels are plain-causal, so padding would be scored and attended as if it were text.
 * **sliding-window layers of a hybrid model** (Gemma 3: ``sliding_window`` is passed, and the
   mask is banded once the prompt is longer than the window): SDPA with their mask, as in the
-  plain model. ``configure_tsa`` refuses to select them (only full-attention layers run TSA);
-  a sliding layer selected by hand is refused here as soon as its mask is banded.
+  plain model (``sliding="mask"``, the default: one masked product over the whole L x L map),
+  or, with ``sliding="banded"``, the same SDPA call on query chunks against only the keys their
+  band can reach (:func:`banded_sliding_attention`; the same mask entries, O(L x window) work).
+  ``configure_tsa`` refuses to select them (only full-attention layers run TSA); a sliding layer
+  selected by hand is refused here as soon as its mask is banded.
 
 The per-model configuration is a JSON-safe dict on ``model.config.tsa_settings`` (so two
 models with different settings coexist, and ``print(model.config)`` still works). The
@@ -58,12 +61,15 @@ class TSAPlan:
     impl: str = "auto"
     layer_source: str = ""
     layer_tsa: Tuple[Tuple[int, TSAConfig], ...] = ()   # per-layer overrides of ``tsa``
+    sliding: str = "mask"             # prefill of sliding-window layers: "mask" or "banded"
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["tsa"] = None if self.tsa is None else _tsa_fields(self.tsa)
         d["sparse_layers"] = list(self.sparse_layers)
         d["layer_tsa"] = {str(i): _tsa_fields(c) for i, c in self.layer_tsa}
+        if self.sliding == "mask":    # the default is left out: settings (and run keys) of older runs stay
+            del d["sliding"]
         return d
 
     def is_sparse(self, layer_idx: int) -> bool:
@@ -131,7 +137,8 @@ def _plan_from_json(text: str) -> TSAPlan:
                              for i, c in (d.get("layer_tsa") or {}).items()))
     return TSAPlan(method=d["method"], prefill_backend=d["prefill_backend"],
                    dense_backend=d["dense_backend"], tsa=cfg, sparse_layers=layers,
-                   impl=d.get("impl", "auto"), layer_source=d.get("layer_source", ""), layer_tsa=overrides)
+                   impl=d.get("impl", "auto"), layer_source=d.get("layer_source", ""), layer_tsa=overrides,
+                   sliding=d.get("sliding", "mask"))
 
 
 def _dense_stats(q: torch.Tensor, window: int, reason: str) -> TSAStats:
@@ -144,6 +151,47 @@ def _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, *
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                   scaling=scaling, **kwargs)
+
+
+SLIDING_PREFILL = ("mask", "banded")
+
+
+def sliding_chunk(window: int) -> int:
+    """Queries per chunk of :func:`banded_sliding_attention`: ``max(2 * window, 1024)`` (each
+    chunk reads ``chunk + window + 1`` keys: at most 1.5x the band's work, few launches)."""
+    return max(2 * int(window), 1024)
+
+
+def banded_sliding_attention(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor, window: int, dropout: float = 0.0,
+                             scaling: Optional[float] = None, chunk: Optional[int] = None, **kwargs):
+    """Prefill of a sliding-window layer, chunk by chunk: queries ``[s, e)`` attend to keys
+    ``[max(0, s - window - 1), e)`` through transformers' SDPA function with the matching slice
+    of ``attention_mask`` (the layer's own mask: band, causality and any padding). A query of a
+    sliding layer never sees a key more than ``window`` positions back, so every key the mask
+    allows is in its chunk's slice and the result is the masked product over the full map, up
+    to rounding, for O(L x (chunk + window)) work instead of O(L^2).
+
+    ``query [B, Hq, L, D]``, ``key/value [B, Hkv, L, D]``, ``attention_mask`` ``[B, 1, L, L]``
+    (boolean or additive); returns ``[B, L, Hq, D]`` like the SDPA function."""
+    L = query.shape[2]
+    if key.shape[2] != L or attention_mask is None or attention_mask.shape[-1] < L or attention_mask.shape[-2] < L:
+        raise ValueError("banded sliding attention is for prefill with the layer's [B, 1, L, L] mask; got query "
+                         f"{tuple(query.shape)}, key {tuple(key.shape)}, mask "
+                         f"{None if attention_mask is None else tuple(attention_mask.shape)}")
+    if int(window) < 1:
+        raise ValueError(f"sliding window must be >= 1, got {window!r}")
+    step = int(chunk) if chunk is not None else sliding_chunk(window)
+    if step < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk!r}")
+    parts = []
+    for s in range(0, L, step):
+        e = min(L, s + step)
+        ks = max(0, s - int(window) - 1)
+        out, _ = _sdpa_forward(module, query[:, :, s:e], key[:, :, ks:e], value[:, :, ks:e],
+                               attention_mask[:, :, s:e, ks:e], dropout, scaling, **kwargs)
+        parts.append(out)
+    return torch.cat(parts, dim=1), None
 
 
 _TIMING_ATTR = "tsa_time_prefill"
@@ -282,9 +330,14 @@ def _dispatch(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                 "only. Run prompts one at a time (batch 1) or in equal-length batches without padding "
                 "(generate() infers padding wherever input_ids equal pad_token_id: pass "
                 "attention_mask=torch.ones_like(input_ids) for an unpadded prompt).")
-        out = _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-        reason = "sliding-window layer: dense SDPA with its mask" if sliding is not None else \
-            "attention mask: dense SDPA"
+        banded = sliding is not None and plan.sliding == "banded" and q_len > sliding_chunk(sliding)
+        if banded:
+            out = banded_sliding_attention(module, query, key, value, attention_mask, sliding, dropout, scaling,
+                                           **kwargs)
+        else:
+            out = _sdpa_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        reason = ("sliding-window layer: dense SDPA with its mask" + (", by query chunks" if banded else "")) \
+            if sliding is not None else "attention mask: dense SDPA"
         setattr(module, _STATS_ATTR, _dense_stats(query, window, reason))
         return out
 

@@ -18,8 +18,8 @@ from typing import Dict, Iterable, Optional, Tuple, Union
 import torch
 
 from tsa_core import TSAConfig
-from tsa_bench.hf.attention import (ATTN_NAME, SETTINGS_ATTR, TSAPlan, clear_stats, parse_method,
-                                    register_tsa_attention)
+from tsa_bench.hf.attention import (ATTN_NAME, SETTINGS_ATTR, SLIDING_PREFILL, TSAPlan, clear_stats,
+                                    parse_method, register_tsa_attention)
 from tsa_bench.hf.checkpoints import (apply_rope_scaling, config_context, pretrained_model, resolve_source,
                                       source_config, source_tokenizer)
 from tsa_bench.hf.layers import (check_full_attention, check_layers, find_profile, full_attention_layers,
@@ -150,7 +150,7 @@ def check_attention_support(model) -> None:
 def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Optional[TSAConfig] = None,
                   dense_backend: str = "sdpa", sparse_layers: LayerSpec = None, impl: str = "auto",
                   model_name: Optional[str] = None, weights: str = "pretrained",
-                  layer_configs: Optional[Dict[int, TSAConfig]] = None) -> TSAPlan:
+                  layer_configs: Optional[Dict[int, TSAConfig]] = None, sliding: str = "mask") -> TSAPlan:
     """(Re)configure a loaded model: method, TSA hyper-parameters, sparse layers.
 
     ``layer_configs`` maps some sparse layers to their own :class:`TSAConfig` (tau, window,
@@ -158,6 +158,11 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
     paper defaults are used with the ``tau`` saved in the profile that ``sparse_layers`` names
     (``tsa-bench calibrate`` writes one), else the preset's, else 0.005
     (:func:`~tsa_bench.hf.layers.resolve_tau`).
+
+    ``sliding``: how the sliding-window layers of a hybrid model (Gemma 3) prefill: ``"mask"``
+    (transformers' SDPA with the layer's L x L mask, as the plain model) or ``"banded"``
+    (the same call on query chunks against the keys their band reaches,
+    :func:`~tsa_bench.hf.attention.banded_sliding_attention`). No effect on other models.
 
     Cheap (no reload), so a benchmark can switch one model between methods. Stores the
     settings on ``model.config.tsa_settings`` and switches the model to the ``"tsa"``
@@ -167,6 +172,8 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
     check_attention_support(model)
     if impl not in ("auto", "triton", "naive"):
         raise ValueError(f"impl must be 'auto', 'triton' or 'naive', got {impl!r}")
+    if sliding not in SLIDING_PREFILL:
+        raise ValueError(f"sliding must be one of {SLIDING_PREFILL}, got {sliding!r}")
     if tsa_config is not None and not isinstance(tsa_config, TSAConfig):
         raise ValueError(f"tsa_config must be a tsa_core.TSAConfig or None, got {type(tsa_config).__name__}")
     canon, prefill_backend, uses_tsa = parse_method(method, dense_backend)
@@ -198,7 +205,8 @@ def configure_tsa(model: torch.nn.Module, *, method: str = "tsa", tsa_config: Op
                                                        attention_layers=full)[0], config)
         tsa, layers, source = None, (), f"method {canon!r} runs no TSA"
     plan = TSAPlan(method=canon, prefill_backend=prefill_backend, dense_backend=dense_backend, tsa=tsa,
-                   sparse_layers=layers, impl=impl, layer_source=source, layer_tsa=tuple(overrides))
+                   sparse_layers=layers, impl=impl, layer_source=source, layer_tsa=tuple(overrides),
+                   sliding=sliding)
     settings = plan.to_dict()
     targets = [config]
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -216,7 +224,7 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
                dense_backend: str = "sdpa", weights: str = "pretrained", dtype=torch.bfloat16,
                device="cpu", sparse_layers: LayerSpec = None, impl: str = "auto", seed: int = 0,
                tokenizer: Optional[bool] = None, layer_configs: Optional[Dict[int, TSAConfig]] = None,
-               rope_scaling=None):
+               rope_scaling=None, sliding: str = "mask"):
     """Build or load a causal LM running the ``"tsa"`` attention.
 
     Args:
@@ -237,6 +245,8 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
         rope_scaling: ``"yarn:4"``, ``"linear:2"``, ``"dynamic:2"`` or None: RoPE scaling set on
             the config before the model is built (see
             :func:`~tsa_bench.hf.checkpoints.apply_rope_scaling`).
+        sliding: prefill of a hybrid model's sliding-window layers, ``"mask"`` or ``"banded"``
+            (see :func:`configure_tsa`).
 
     Returns:
         ``(model, tokenizer or None)``; the model is in eval mode, its plan readable from
@@ -273,7 +283,7 @@ def load_model(model, *, method: str = "dense", tsa_config: Optional[TSAConfig] 
     lm.eval()
     configure_tsa(lm, method=method, tsa_config=tsa_config, dense_backend=dense_backend,
                   sparse_layers=sparse_layers, impl=impl, model_name=name, weights=weights,
-                  layer_configs=layer_configs)
+                  layer_configs=layer_configs, sliding=sliding)
     want_tok = (weights == "pretrained") if tokenizer is None else tokenizer
     if not want_tok or src is None:
         return lm, None

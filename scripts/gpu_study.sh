@@ -49,8 +49,13 @@ GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the
 # queue ended early started a third queue on it from the call (`cp scripts/study_jobs.sh
 # /tmp/repo/scripts/study_jobs_b.sh`, then `setsid nohup bash ... 0 smol-calibrate-4k100`; a
 # running queue must not have its own script rewritten). Its defaults:
-QUEUE0=${QUEUE0:-smol-calibrate-8k smol-calibrate-4k50 smol-4k-late-composed}
-QUEUE1=${QUEUE1:-smol-speed2-4k gemma-32k-composed smol-speed2-8k refill-check}   # Gemma arrives in parts meanwhile
+#   QUEUE0="smol-calibrate-8k smol-calibrate-4k50 smol-4k-late-composed"
+#   QUEUE1="smol-speed2-4k gemma-32k-composed smol-speed2-8k refill-check"
+# The next one's (seed .gpre with the fourth archive's 100-sample calibration, so its search resumes:
+#   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130d-h200x2.txz -C .gpre \
+#     runs/smol-calibrate-4k100 && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs):
+QUEUE0=${QUEUE0:-smol-calibrate-4k-upper60 smol-speed3-4k}
+QUEUE1=${QUEUE1:-gemma-banded gemma-32k-composed-fresh}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

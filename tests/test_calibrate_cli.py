@@ -63,6 +63,22 @@ def test_evaluation_of_fabricated_records(objective, speed):
     assert runner.calls[1] == dict(seed=1042, n=2, method="tsa", tau=0.01, sparse_layers="half=2,3")
 
 
+def test_search_confidence_sets_the_interval_the_upper_criterion_tests():
+    """Known answer on 40 tasks x 2 samples, TSA losing one sample in each of 8 tasks: the drop is
+    8 * 50 / 40 = 10 points at every level, and the interval the upper criterion tests narrows
+    as --confidence falls (a 0.6 interval's upper end below the 0.95 one's, above the estimate)."""
+    class Runner:
+        def __call__(self, *, seed, n, method, tau=None, sparse_layers=None):
+            scores = [1] * 80 if method == "dense" else [0 if k < 16 and k % 2 == 0 else 1 for k in range(80)]
+            return C.Run(_recs(seed, scores), f"{method}.jsonl", f"{method}.csv", tau)
+
+    wide = C.Evaluator(Runner(), seed=1042, n=2, objective="sparsity", num_attention_layers=4)(Setting(0.01, (1,), "a"))
+    narrow = C.Evaluator(Runner(), seed=1042, n=2, objective="sparsity", num_attention_layers=4,
+                         confidence=0.6)(Setting(0.01, (1,), "a"))
+    assert wide.drop == narrow.drop == pytest.approx(10.0)
+    assert wide.drop < narrow.drop_hi < wide.drop_hi
+
+
 def test_model_sparsity_counts_a_missing_layer_as_zero():
     recs = [{"tsa_layers": {"1": [0.5, 0.6]}}, {"tsa_layers": {}}, {}]
     assert C.model_sparsity(recs, 2) == pytest.approx(0.6 / 3 / 2)
@@ -188,8 +204,9 @@ def test_nothing_feasible_saves_nothing_and_exits_1(tmp_path, capsys, monkeypatc
     (["-n", "0"], "-n must be >= 1"),
     (["--eval-n", "-1"], "--eval-n must be >= 0"),
     (["--tasks", "nope"], "--tasks: unknown RULER task 'nope'"),
+    (["--confidence", "1"], r"--confidence must be in \(0, 1\)"),
 ], ids=["same-seeds", "negative-budget", "tau-zero", "tau-text", "layer-out-of-range", "attention-on-cpu",
-        "ttft-without-prefill-times", "no-samples", "negative-eval-n", "unknown-task"])
+        "ttft-without-prefill-times", "no-samples", "negative-eval-n", "unknown-task", "confidence-one"])
 def test_bad_flags_are_usage_errors(capsys, argv, msg):
     assert main(["calibrate", *TINY, "--seq-lens", "2k", *argv, "--dry-run"]) == 2
     assert re.search(msg, capsys.readouterr().err)
@@ -262,3 +279,18 @@ def test_whole_command_on_the_tiny_random_model(tmp_path, capsys, one_thread):
     assert calib and held and not (sha(calib) & sha(held))
     assert main(["ruler", *TINY, "--seq-lens", "2k", "--sparse-layers", str(path), "--dry-run"]) == 0
     assert "tau 0.3," in capsys.readouterr().out
+
+
+def test_confidence_flag_reaches_the_search(tmp_path, capsys, monkeypatch):
+    seen = []
+
+    class Recording(C.Evaluator):
+        def __init__(self, *a, **kw):
+            seen.append(kw.get("confidence"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(C, "RulerRunner", FakeRuler)
+    monkeypatch.setattr(C, "Evaluator", Recording)
+    main([*FLOW, "--max-drop", "20", "--criterion", "upper", "--confidence", "0.6", "--out-dir", str(tmp_path)])
+    assert seen == [0.6]
+    assert "upper criterion, upper end of the 60% interval" in capsys.readouterr().out

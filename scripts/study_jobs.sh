@@ -181,6 +181,18 @@ EOF
         --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
         --out-dir /tmp/runs/gemma-32k-fresh ;;
+    gemma-32k-rest)  # the 32K grid's missing TSA arms (tau 0.005 and 0.02 in all / drift, the five taus in 11,17,
+      # the layers the per-layer scan rates harmless), beside gemma-32k-composed-fresh's dense arm
+      wait_gemma || return 1
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
+        --tau 0.005,0.02 --sparse-layers "all=5,11,17;drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
+        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
+        --out-dir /tmp/runs/gemma-32k-fresh
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
+        --tau 0.002,0.005,0.01,0.02,0.05 --sparse-layers "late=11,17" --seq-lens 32k \
+        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
+        --out-dir /tmp/runs/gemma-32k-fresh ;;
     smol-4k-late-composed)  # the composed methods + TSA in the late layers (tau 0.005), smol-4k-fast's samples
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
         --method flexprefill+tsa,minference+tsa,xattention+tsa --tau 0.005 --sparse-layers "late=23-29" \

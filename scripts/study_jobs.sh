@@ -41,6 +41,32 @@ smol_calibrate() {  # LENGTH SEARCH_N LAYER_SETS DIR: `calibrate` on SmolLM2's s
     --words builtin --no-progress --out-dir "/tmp/runs/$4"
 }
 
+smol_speed() {  # LENGTH DIR [LAYER_SETS ...]: every timed SmolLM2 arm in one run on a GPU with no other job, n = 6
+  # a task: the five late taus, the drift taus 0.005 and 0.01, the six composed arms with TSA in the drift
+  # layers and in each extra layer set; `study tables --speed-from DIR` takes all timing from this one run
+  local L=$1 d=$2 drift; shift 2
+  [ "$L" = 4k ] && drift=$DRIFT4K || drift=results/layers/smollm2-135m-8k.json
+  CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.002,0.005,0.01,0.02,0.05 \
+    --sparse-layers "late=23-29" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 --out-dir $d
+  CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.005,0.01 \
+    --sparse-layers "drift=$drift" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 --out-dir $d
+  for ls in "drift=$drift" "$@"; do
+    CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
+      --method dense,xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa \
+      --tau 0.005 --sparse-layers "$ls" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 --out-dir $d
+  done
+}
+
+gemma_composed() {  # DIR: dense, FlexPrefill, XAttention, MInference alone and + TSA (tau 0.005, layer 17), Gemma 32K
+  wait_gemma || return 1
+  export PYTHONPATH=.:/tmp/site524:/tmp/site
+  CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base \
+    --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa --tau 0.005 \
+    --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
+    --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
+    --out-dir "$1"
+}
+
 job() {
   local name=$1
   case "$name" in
@@ -141,46 +167,14 @@ EOF
         --out-dir /tmp/runs/gemma-calibrate ;;
     gemma-32k-composed)  # the composed methods on Gemma at 32K (they run in its 3 global layers; the
       # 15 sliding-window layers keep their band), alone and + TSA in the drift layer; same samples
-      # as gemma-32k (seed dense there). Not run yet: Gemma's 256-wide heads are untested on these kernels
-      wait_gemma || return 1
-      export PYTHONPATH=.:/tmp/site524:/tmp/site
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base \
-        --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa --tau 0.005 \
-        --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
-        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
-        --out-dir /tmp/runs/gemma-32k ;;
-    smol-speed2-4k|smol-speed2-8k)  # every timed SmolLM2 arm again in one run per length on a GPU with no
-      # other job: the five late taus (smol-speed timed two), the drift taus 0.005 and 0.01, the six composed
-      # arms; n = 6 a task; `study tables --speed-from` takes all timing from this one run per length
-      L=${name#smol-speed2-}; d=/tmp/runs/smol-speed2-$L
-      [ "$L" = 4k ] && drift=$DRIFT4K || drift=results/layers/smollm2-135m-8k.json
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.002,0.005,0.01,0.02,0.05 \
-        --sparse-layers "late=23-29" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 --out-dir $d
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.005,0.01 \
-        --sparse-layers "drift=$drift" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 --out-dir $d
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
-        --method dense,xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa \
-        --tau 0.005 --sparse-layers "drift=$drift" --decode-attention grouped $(new_batch) --seq-lens $L -n 6 \
-        --out-dir $d ;;
-    smol-speed3-4k)  # smol-speed2-4k's arms again plus the three composed + TSA (late) arms, one run, GPU to itself
-      d=/tmp/runs/smol-speed3-4k
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.002,0.005,0.01,0.02,0.05 \
-        --sparse-layers "late=23-29" --decode-attention grouped $(new_batch) --seq-lens 4k -n 6 --out-dir $d
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa --tau 0.005,0.01 \
-        --sparse-layers "drift=$DRIFT4K" --decode-attention grouped $(new_batch) --seq-lens 4k -n 6 --out-dir $d
-      for ls in "drift=$DRIFT4K" "late=23-29"; do
-        CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
-          --method dense,xattention,xattention+tsa,flexprefill,flexprefill+tsa,minference,minference+tsa \
-          --tau 0.005 --sparse-layers "$ls" --decode-attention grouped $(new_batch) --seq-lens 4k -n 6 --out-dir $d
-      done ;;
+      # as gemma-32k (seed dense there; ran in the fourth session)
+      gemma_composed /tmp/runs/gemma-32k ;;
+    smol-speed2-4k|smol-speed2-8k)  # every timed SmolLM2 arm again in one run per length (fourth session)
+      smol_speed "${name#smol-speed2-}" /tmp/runs/$name ;;
+    smol-speed3-4k)  # smol-speed2-4k's arms again plus the three composed + TSA (late) arms, one run
+      smol_speed 4k /tmp/runs/smol-speed3-4k "late=23-29" ;;
     gemma-32k-composed-fresh)  # gemma-32k-composed in a new folder: dense timed in the same session as the methods
-      wait_gemma || return 1
-      export PYTHONPATH=.:/tmp/site524:/tmp/site
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base \
-        --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa --tau 0.005 \
-        --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
-        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
-        --out-dir /tmp/runs/gemma-32k-fresh ;;
+      gemma_composed /tmp/runs/gemma-32k-fresh ;;
     gemma-32k-rest)  # the 32K grid's missing TSA arms (tau 0.005 and 0.02 in all / drift, the five taus in 11,17,
       # the layers the per-layer scan rates harmless), beside gemma-32k-composed-fresh's dense arm
       wait_gemma || return 1

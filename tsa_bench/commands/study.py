@@ -501,6 +501,17 @@ def command_line(args) -> str:
     return shlex.join(parts)
 
 
+def _write(args, kind: str, config: Dict[str, Any], rows: List[dict], summary: List[str]) -> int:
+    """Write ``rows`` to the subcommand's CSV (``--out``), print ``summary`` under ``--print``,
+    then the CSV's path; returns 0."""
+    writer = _writer(args, kind, config)
+    writer.add(rows)
+    if args.print_table:
+        print("\n".join(summary))
+    print(writer.write())
+    return 0
+
+
 def _writer(args, kind: str, config: Dict[str, Any]):
     from tsa_bench.paths import RESULTS_DIR
     from tsa_bench.provenance import new_run_id
@@ -689,12 +700,7 @@ def run_tables(args) -> int:
         return _dry_run(groups, args.method_layers)
     rows, summary = tables_rows(groups, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence,
                                 speed_groups=speed_groups, method_layers=args.method_layers)
-    writer = _writer(args, "accuracy", _config(args, groups, speed_groups))
-    writer.add(rows)
-    if args.print_table:
-        print("\n".join(summary))
-    print(writer.write())
-    return 0
+    return _write(args, "accuracy", _config(args, groups, speed_groups), rows, summary)
 
 
 # --------------------------------------------------------------------------- study sensitivity
@@ -822,12 +828,7 @@ def run_sensitivity(args) -> int:
                                       seed=args.seed, confidence=args.confidence)
             rows += r
             summary += s
-    writer = _writer(args, "sensitivity", {**_config(args, groups), "drift": str(args.drift)})
-    writer.add(rows)
-    if args.print_table:
-        print("\n".join(summary))
-    print(writer.write())
-    return 0
+    return _write(args, "sensitivity", {**_config(args, groups), "drift": str(args.drift)}, rows, summary)
 
 
 # --------------------------------------------------------------------------- study layers
@@ -910,12 +911,7 @@ def run_layers(args) -> int:
         summary += s_
     if not rows:
         raise UsageError("no arm holds per-layer attention times (attn_ms: recorded on CUDA only)")
-    writer = _writer(args, "layers", _config(args, groups))
-    writer.add(rows)
-    if args.print_table:
-        print("\n".join(summary))
-    print(writer.write())
-    return 0
+    return _write(args, "layers", _config(args, groups), rows, summary)
 
 
 # --------------------------------------------------------------------------- study best

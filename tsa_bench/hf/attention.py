@@ -157,8 +157,9 @@ SLIDING_PREFILL = ("mask", "banded")
 
 
 def sliding_chunk(window: int) -> int:
-    """Queries per chunk of :func:`banded_sliding_attention`: ``max(2 * window, 1024)`` (each
-    chunk reads ``chunk + window + 1`` keys: at most 1.5x the band's work, few launches)."""
+    """Queries per chunk of :func:`banded_sliding_attention`: ``max(2 * window, 1024)``. Each
+    chunk scores ``chunk x (chunk + window + 1)`` entries, about 3x the band's own at
+    ``chunk = 2 x window`` (still O(L x window)), in ``L / chunk`` calls."""
     return max(2 * int(window), 1024)
 
 

@@ -187,6 +187,17 @@ EOF
         --tau 0.002,0.005,0.01,0.02,0.05 --sparse-layers "late=11,17" --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
         --out-dir /tmp/runs/gemma-32k-fresh ;;
+    gemma-all-4k8k|gemma-all-16k)  # issue 12's Gemma rows at 4K-16K on all 13 tasks x 50: dense, TSA tau 0.005 in
+      # the drift layer, and the calibrated setting (its profile: tau 0.05 in layers 11 and 17)
+      wait_gemma || return 1
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      [ "$name" = gemma-all-16k ] && lens=16k || lens=4k,8k
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base --method dense,tsa --tau 0.005 \
+        --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens $lens -n $N --decode-attention grouped \
+        --out-dir /tmp/runs/gemma-all
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base --method dense,tsa \
+        --sparse-layers "calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json" \
+        --seq-lens $lens -n $N --decode-attention grouped --out-dir /tmp/runs/gemma-all ;;
     smol-4k-late-composed)  # the composed methods + TSA in the late layers (tau 0.005), smol-4k-fast's samples
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
         --method flexprefill+tsa,minference+tsa,xattention+tsa --tau 0.005 --sparse-layers "late=23-29" \

@@ -381,3 +381,30 @@ def test_layers_gives_per_layer_times_against_dense_and_against_the_method_alone
     make_arm(bare, tsa_records(attn=False), method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3))
     rc, stdout, err = study(capsys, "layers", str(bare), "--model-name", MODEL, "--out", str(tmp_path / "b.csv"))
     assert rc == 2 and "attn_ms" in err
+
+
+def test_layer_time_figure_draws_each_arms_medians(tmp_path, capsys):
+    """`tsa-bench figures --layers` on `study layers` output: one figure per model and length,
+    each arm's line at its per-layer medians (dense 10 ms everywhere, FlexPrefill 4 ms in layer
+    2); a CSV without attention_ms rows is a usage error."""
+    from tsa_bench.analysis.figures import layer_times
+    run = tmp_path / "run"
+    make_arm(run, [timed(t, i, 1, {k: 10.0 for k in range(LAYERS)}, 1.0) for t, i in SAMPLES], method="dense")
+    make_arm(run, [timed(t, i, 1, {k: 4.0 if k == 2 else 10.0 for k in range(LAYERS)}, 0.9) for t, i in SAMPLES],
+             method="flexprefill")
+    csv = tmp_path / "layers.csv"
+    assert study(capsys, "layers", str(run), "--model-name", MODEL, "--out", str(csv))[0] == 0
+    df = pd.read_csv(csv)
+    plot = layer_times(df, tmp_path / "f.png")
+    assert plot.path.exists()
+    assert plot.drawn[None]["dense"].tolist() == [[k, 10.0] for k in range(LAYERS)]
+    assert plot.drawn[None]["flexprefill"].tolist() == [[0, 10.0], [1, 10.0], [2, 4.0], [3, 10.0]]
+    rc = main(["figures", "--latency", "--accuracy", "--layers", str(csv), "--out-dir", str(tmp_path / "figs")])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"accuracy_layer_times_{MODEL}_4k.png" in out
+    assert (tmp_path / "figs" / f"accuracy_layer_times_{MODEL}_4k.png").exists()
+    scores = tmp_path / "scores.csv"
+    tables(capsys, tmp_path / "t", standard_run(tmp_path / "std"))
+    (tmp_path / "t" / "acc" / "study.csv").rename(scores)
+    rc = main(["figures", "--latency", "--accuracy", "--layers", str(scores), "--out-dir", str(tmp_path / "figs")])
+    assert rc == 2 and "no attention_ms rows" in capsys.readouterr().err

@@ -206,3 +206,49 @@ def layer_sensitivity(table: pd.DataFrame, path: Union[str, Path], *, rho: Optio
     drawn = {None: {"bars": np.array([[t["layer"].iloc[i], p.get_height()] for i, p in enumerate(bars.patches)]),
                     "drift": np.column_stack([t["layer"].to_numpy(), line.get_ydata()])}}
     return Plot(path=path, data=t, drawn=drawn)
+
+
+def layer_times(df: pd.DataFrame, path: Union[str, Path], *, title: Optional[str] = None) -> Plot:
+    """Per-layer attention time of every arm (``tsa-bench study layers`` rows of one model and
+    length: ``metric == "attention_ms"``, ``layer`` set): x = layer, y = median ms (log scale),
+    one line per setting, dense in black. ``drawn[None]``: ``{setting: [n, 2] (layer, ms)}``."""
+    for col in ("metric", "layer", "value", "setting", "method"):
+        if col not in df.columns:
+            raise ValueError(f"layer-time rows: missing column {col!r}")
+    rows = df[(df["metric"] == "attention_ms") & df["layer"].notna()]
+    if rows.empty:
+        raise ValueError("no per-layer attention_ms rows (write them with `tsa-bench study layers`)")
+    from matplotlib import colormaps
+
+    settings = list(dict.fromkeys(rows["setting"]))
+    family = {st: _family(m, st) for st, m in zip(rows["setting"], rows["method"])}
+    slots = _slots(set(family.values()), FAMILY_ORDER)
+    cmap = colormaps["tab10"]
+    styles = ("-", "--", ":", "-.")
+    layers = sorted({int(v) for v in rows["layer"]})
+    fig = _figure((max(6.0, 0.3 * len(layers) + 4.0), 4.6))
+    ax = fig.subplots()
+    drawn = {}
+    seen: Dict[str, int] = {}
+    for st in settings:
+        t = rows[rows["setting"] == st].sort_values("layer")
+        fam = family[st]
+        k = seen.get(fam, 0)
+        seen[fam] = k + 1
+        dense = fam == "dense"
+        (line,) = ax.plot(t["layer"].astype(int), t["value"], styles[k % len(styles)], marker="o", ms=3,
+                          lw=2.0 if dense else 1.0, color="black" if dense else cmap(slots[fam] % 10), label=st)
+        drawn[st] = np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float)
+    ax.set_yscale("log")
+    ax.set_xticks(layers, [str(v) for v in layers], fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("attention time per call (ms, median over samples)")
+    ax.set_title(title or "Attention time per layer", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return Plot(path=path, data=rows, drawn={None: drawn})
+

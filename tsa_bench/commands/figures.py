@@ -3,8 +3,9 @@
 Latency figures from ``results/latency/*.csv`` (``--latency``); accuracy figures (per model and
 length, score vs attention speedup with the Pareto frontier, and score vs attention-map
 sparsity: :mod:`tsa_bench.analysis.figures`) from ``results/accuracy/*.csv`` (``--accuracy``)
-when there are any. Each CSV read is named on stderr; a missing kind is said and skipped; with
-neither it is a usage error. The PNG paths go to stdout, one a line.
+when there are any; per-layer attention time per arm from ``results/accuracy/layers/*.csv``
+(``--layers``, `tsa-bench study layers` output). Each CSV read is named on stderr; a missing
+kind is said and skipped; with none it is a usage error. The PNG paths go to stdout, one a line.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ EPILOG = """examples:
   tsa-bench figures                                   # every CSV under results/latency and results/accuracy
   tsa-bench figures --latency results/latency/latency-2026*.csv --out-dir /tmp/figs
   tsa-bench figures --latency --accuracy tests/fixtures/accuracy --out-dir /tmp/figs   # accuracy figures only
+  tsa-bench figures --latency --accuracy --layers results/accuracy/layers --out-dir /tmp/figs   # per-layer times
 """
 ACCURACY_FIGURES = ("accuracy_score_vs_speedup.png", "accuracy_score_vs_sparsity.png")
 
@@ -31,11 +33,16 @@ def add_arguments(p) -> None:
                    help="latency CSVs (default: results/latency/*.csv)")
     p.add_argument("--accuracy", nargs="*", default=None,
                    help="accuracy CSVs, or folders whose *.csv are read (default: results/accuracy/)")
+    p.add_argument("--layers", nargs="*", default=None,
+                   help="per-layer attention CSVs of `tsa-bench study layers`, or folders of them (default: "
+                        "results/accuracy/layers/ when --accuracy is not given either): one "
+                        "accuracy_layer_times_<model>_<len>.png per model and length")
     p.add_argument("--gpu", default=None, help="GPU whose latency rows to plot (default: that of the newest row)")
     p.add_argument("--out-dir", default=str(RESULTS_DIR / "figures"))
 
 
-def accuracy_files(paths: Optional[Sequence[str]], what: str = "--accuracy") -> List[Path]:
+def accuracy_files(paths: Optional[Sequence[str]], what: str = "--accuracy",
+                   default: Optional[Path] = None) -> List[Path]:
     """``--accuracy`` as CSV paths: a folder gives its ``*.csv`` sorted by name (run id = time,
     :func:`tsa_bench.analysis.tables.find_csvs`), a file itself; ``None`` = ``results/accuracy/``
     (absent: no files). A given path that does not exist is a UsageError naming ``what`` (the
@@ -43,7 +50,7 @@ def accuracy_files(paths: Optional[Sequence[str]], what: str = "--accuracy") -> 
     from tsa_bench.analysis.tables import find_csvs
 
     if paths is None:
-        return find_csvs(RESULTS_DIR / "accuracy")
+        return find_csvs(default or RESULTS_DIR / "accuracy")
     files: List[Path] = []
     for raw in paths:
         p = Path(raw)
@@ -88,15 +95,37 @@ def sensitivity_figures(df, out: Path) -> List[Path]:
     return written
 
 
+def layer_time_figures(files: Sequence[Path], out: Path) -> List[Path]:
+    """One per-layer attention-time figure per model and length of ``files`` (`study layers`
+    CSVs), ``accuracy_layer_times_<model>_<len>.png``."""
+    from tsa_bench.analysis.figures import layer_times
+    from tsa_bench.analysis.tables import read_csvs
+
+    df = read_csvs(files)
+    if "metric" not in df.columns or not (df["metric"] == "attention_ms").any():
+        raise UsageError(f"--layers: no attention_ms rows in {len(files)} CSVs (write them with `tsa-bench study "
+                         "layers`)")
+    written = []
+    for (model, L), g in sorted(df[df["metric"] == "attention_ms"].groupby(["model", "seq_len"])):
+        name = f"accuracy_layer_times_{str(model).replace('/', '_')}_{int(L) // 1024}k.png"
+        title = f"{model}, {int(L) // 1024}k: attention time per layer and arm (median over samples)"
+        written.append(layer_times(g, out / name, title=title).path)
+    return written
+
+
 def run(args) -> int:
     import matplotlib
     matplotlib.use("Agg")
 
     files = args.latency if args.latency is not None else sorted(glob.glob(str(RESULTS_DIR / "latency/*.csv")))
     acc_files = accuracy_files(args.accuracy)
-    if not files and not acc_files:
+    layers = getattr(args, "layers", None)
+    # the default folder only when --accuracy is defaulted too: explicit inputs draw only what they name
+    layer_files = accuracy_files(layers, "--layers", RESULTS_DIR / "accuracy" / "layers") \
+        if layers is not None or args.accuracy is None else []
+    if not files and not acc_files and not layer_files:
         raise UsageError("no latency CSVs and no accuracy CSVs found (run `tsa-bench latency` first, or pass "
-                         "--latency / --accuracy)")
+                         "--latency / --accuracy / --layers)")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: List[Path] = []
@@ -107,6 +136,8 @@ def run(args) -> int:
     else:
         print("no accuracy CSVs " + ("given" if args.accuracy is not None else f"under {RESULTS_DIR / 'accuracy'}")
               + ": accuracy figures skipped", file=sys.stderr)
+    if layer_files:
+        written += layer_time_figures(layer_files, out)
     if files:
         written += _latency_figures(files, args.gpu, out)
     else:

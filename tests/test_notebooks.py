@@ -7,7 +7,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("name,outputs", [
     ("latency_results.ipynb", ["nb_speedup.png", "nb_overhead.png"]),
-    ("accuracy_vs_speedup.ipynb", ["nb_accuracy_speedup.png", "nb_accuracy_sparsity.png", "nb_sensitivity_0.png"]),
+    ("accuracy_vs_speedup.ipynb", ["nb_accuracy_speedup.png", "nb_accuracy_sparsity.png", "nb_sensitivity_0.png",
+                                   "nb_layer_times_0.png"]),
 ], ids=["latency", "accuracy"])
 def test_notebook_executes(name, outputs, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

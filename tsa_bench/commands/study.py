@@ -679,12 +679,19 @@ def _parse_method_layers(spec: Optional[str]) -> Optional[List[int]]:
     return layers
 
 
+def _groups(arms: Sequence[ArmRun], model_name: Optional[str], at_least: int = 1) -> List[Group]:
+    """:func:`group_arms` of ``arms``, the groups with at least ``at_least`` arms, each group's
+    left-out samples said on stderr."""
+    groups = [g for g in group_arms(arms, model_name) if len(g.arms) >= at_least]
+    for g in groups:
+        say_dropped(g, _stderr)
+    return groups
+
+
 def run_tables(args) -> int:
     _check_stats_args(args)
     args.method_layers = _parse_method_layers(args.method_layers)
-    groups = group_arms(find_arms(args.run_dirs), args.model_name)
-    for g in groups:
-        say_dropped(g, _stderr)
+    groups = _groups(find_arms(args.run_dirs), args.model_name)
     speed_groups = None
     if args.speed_from:
         speed_groups = group_arms(find_arms(args.speed_from), args.model_name)
@@ -815,9 +822,7 @@ def run_sensitivity(args) -> int:
     if not any(_single_layer(a) for a in arms):
         raise UsageError("no arm runs TSA in exactly one layer (run e.g. `tsa-bench ruler --method dense,tsa "
                          "--sparse-layers \"L0=0;L1=1;L2=2\"`)")
-    groups = [g for g in group_arms(arms, args.model_name) if len(g.arms) > 1]
-    for g in groups:
-        say_dropped(g, _stderr)
+    groups = _groups(arms, args.model_name, at_least=2)
     if args.dry_run:
         return _dry_run(groups)
     rows: List[dict] = []
@@ -898,9 +903,7 @@ def layer_rows(g: Group) -> Tuple[List[dict], List[str]]:
 
 
 def run_layers(args) -> int:
-    groups = group_arms(find_arms(args.run_dirs), args.model_name)
-    for g in groups:
-        say_dropped(g, _stderr)
+    groups = _groups(find_arms(args.run_dirs), args.model_name)
     if args.dry_run:
         return _dry_run(groups)
     rows: List[dict] = []

@@ -217,6 +217,8 @@ EOF
           --methods dense,tsa --tau 0.01 --sparse-layers results/layers/gemma3-270m-32k.json --sliding-attention $sl \
           --out-dir /tmp/runs/gemma-prefill-$sl | tail -8
       done
+      CUDA_VISIBLE_DEVICES=$G timeout 300 python3 scripts/check_banded_sliding.py --model $GEMMA --device cuda \
+        --dtype bf16 --seq-len 32768 --atol 1 --out-dir /tmp/runs/gemma-banded-check | tail -3
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base --method dense,tsa --tau 0.01 \
         --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --sliding-attention banded --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \

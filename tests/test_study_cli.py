@@ -408,3 +408,18 @@ def test_layer_time_figure_draws_each_arms_medians(tmp_path, capsys):
     (tmp_path / "t" / "acc" / "study.csv").rename(scores)
     rc = main(["figures", "--latency", "--accuracy", "--layers", str(scores), "--out-dir", str(tmp_path / "figs")])
     assert rc == 2 and "no attention_ms rows" in capsys.readouterr().err
+
+
+def test_predictions_changed_counts_texts_that_differ_from_dense(tmp_path, capsys):
+    """Dense answers "x" everywhere; the TSA arm "y" on two of the four samples (one of which it
+    still scores the same): predictions_changed = 2 of 4, whatever the scores; none for dense."""
+    run = tmp_path / "run"
+    make_arm(run, dense_records(), method="dense")
+    tsa = tsa_records()
+    for r in tsa[:2]:
+        r["pred"] = "y"
+    make_arm(run, tsa, method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3))
+    df = tables(capsys, tmp_path, run)[3]
+    got = value(df, "tsa tau=0.005 half", "predictions_changed")
+    assert (got.value, got.n) == (2.0, 4)
+    assert not len(df[(df.setting == "dense") & (df.metric == "predictions_changed")])

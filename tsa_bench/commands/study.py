@@ -62,7 +62,8 @@ See docs/study.md for the exact definitions.
 """
 SPEED_METRIC_ORDER = ("attention_speedup", "attention_speedup_all_layers", "ttft_speedup",
                       "attention_sparsity", "keep_fraction")
-ROW_METRICS = SPEED_METRIC_ORDER + ("attention_speedup_total", "ttft_speedup_total")    # written to the CSV
+ROW_METRICS = SPEED_METRIC_ORDER + ("attention_speedup_total", "ttft_speedup_total",
+                                    "predictions_changed")                                 # written to the CSV
 PREDICTORS = ("sparsity", "keep_fraction", "attention_speedup")      # per-layer columns, sensitivity
 
 
@@ -457,6 +458,18 @@ def timing_metrics(group: Group, arm: ArmRun,
     return out
 
 
+def changed_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
+    """``predictions_changed``: on how many of the group's common samples the arm's generated
+    text differs from dense's (``pred``; samples without it in either record are not counted),
+    ``{metric: (count, samples compared)}``; none for dense or when no record holds ``pred``."""
+    if _is_dense(arm):
+        return {}
+    dense, recs = group.records[group.dense.setting], group.records[arm.setting]
+    pairs = [(d["pred"], recs[i]["pred"]) for i, d in dense.items()
+             if "pred" in d and i in recs and "pred" in recs[i]]
+    return {"predictions_changed": (float(sum(a != b for a, b in pairs)), len(pairs))} if pairs else {}
+
+
 def sparsity_metrics(group: Group, arm: ArmRun) -> Dict[str, Tuple[float, int]]:
     """``attention_sparsity`` and ``keep_fraction`` of ``arm`` in ``group`` (dense: 0 and 1; a
     method without TSA: none), ``{metric: (value, n)}``."""
@@ -600,7 +613,8 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         missing: Dict[str, List[str]] = {}
         for a in g.arms:
             timed = timed_in.get(a.setting) if speed_groups is not None else (g, a)   # None: said above
-            speed = {**(timing_metrics(*timed, method_layers) if timed else {}), **sparsity_metrics(g, a)}
+            speed = {**(timing_metrics(*timed, method_layers) if timed else {}), **sparsity_metrics(g, a),
+                     **changed_metrics(g, a)}
             if timed:
                 for metric in ("attention_speedup", "ttft_speedup"):
                     if metric not in speed:

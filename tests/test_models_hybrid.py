@@ -278,8 +278,13 @@ def test_sliding_attention_flag_reaches_the_plan(command):
     assert args.sliding_attention == "banded"
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, *extra, "--sliding-attention", "band"])
-    if command == "ruler":
+    if command == "ruler":                  # every arm reconfigures the loaded model
         model, _ = load_model("gemma3-270m", weights="random", device="meta")
         args.model, args.sparse_layers = "gemma3-270m", None
         configure_method(model, args, "dense")
+        assert model.config.tsa_settings["sliding"] == "banded"
+    if command == "niah":                   # niah runs the model as loaded
+        from tsa_bench.commands.ruler import _load_model
+        args.model, args.method = "gemma3-270m", "dense"
+        model, _ = _load_model(args, "meta")
         assert model.config.tsa_settings["sliding"] == "banded"

@@ -490,6 +490,16 @@ def _r(x: Optional[float], digits: int = 4) -> Optional[float]:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), digits) + 0.0
 
 
+_CORE_IDENTITY = ("method", "tau", "model", "weights", "dtype")
+
+
+def _split_identity(ident: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(core, extra)`` of an arm's identity: the CSV identity columns :func:`row` takes, and
+    the rest (setting, layers, run key, predictions), added beside them."""
+    core = {k: v for k, v in ident.items() if k in _CORE_IDENTITY}
+    return core, {k: v for k, v in ident.items() if k not in core}
+
+
 def _identity(arm: ArmRun, model: str) -> Dict[str, Any]:
     ident = dict(method=arm.method, tau=arm.tau, model=model, setting=arm.setting, layers=arm.layers,
                  run_key=arm.run_key, predictions=str(arm.predictions))
@@ -619,9 +629,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
                 for metric in ("attention_speedup", "ttft_speedup"):
                     if metric not in speed:
                         missing.setdefault(metric, []).append(a.setting)
-            core = {k: v for k, v in identities[a.setting].items() if k in ("method", "tau", "model", "weights",
-                                                                           "dtype")}
-            extra = {k: v for k, v in identities[a.setting].items() if k not in core}
+            core, extra = _split_identity(identities[a.setting])
             for metric in ROW_METRICS:
                 if metric in speed:
                     value, n = speed[metric]
@@ -693,12 +701,12 @@ def _parse_method_layers(spec: Optional[str]) -> Optional[List[int]]:
     return layers
 
 
-def _groups(arms: Sequence[ArmRun], model_name: Optional[str], at_least: int = 1) -> List[Group]:
+def _groups(arms: Sequence[ArmRun], model_name: Optional[str], at_least: int = 1, log=_stderr) -> List[Group]:
     """:func:`group_arms` of ``arms``, the groups with at least ``at_least`` arms, each group's
-    left-out samples said on stderr."""
+    left-out samples said through ``log`` (stderr)."""
     groups = [g for g in group_arms(arms, model_name) if len(g.arms) >= at_least]
     for g in groups:
-        say_dropped(g, _stderr)
+        say_dropped(g, log)
     return groups
 
 
@@ -708,15 +716,14 @@ def run_tables(args) -> int:
     groups = _groups(find_arms(args.run_dirs), args.model_name)
     speed_groups = None
     if args.speed_from:
-        speed_groups = group_arms(find_arms(args.speed_from), args.model_name)
-        for sg in speed_groups:
-            say_dropped(sg, lambda m: _stderr("--speed-from: " + m))
+        speed_groups = _groups(find_arms(args.speed_from), args.model_name,
+                               log=lambda m: _stderr("--speed-from: " + m))
     for g in (groups if args.method_layers else ()):
-        timed = {k for r in g.records[g.dense.setting].values() for k in (r.get("attn_ms") or {})}
+        timed = _timed_layers(g)
         absent = [i for i in args.method_layers if timed and str(i) not in timed]
         if absent:
             raise UsageError(f"--method-layers: {g.model} {_fmt_len(g.seq_len)} times no layer {absent} (its dense "
-                             f"records time layers {sorted(int(k) for k in timed)})")
+                             f"records time layers {[int(k) for k in timed]})")
     if args.dry_run:
         return _dry_run(groups, args.method_layers)
     rows, summary = tables_rows(groups, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence,
@@ -852,6 +859,11 @@ def run_sensitivity(args) -> int:
 
 # --------------------------------------------------------------------------- study layers
 
+def _timed_layers(g: Group) -> List[str]:
+    """The layers (as ``attn_ms`` keys, in layer order) that the group's dense records time."""
+    return sorted({k for r in g.records[g.dense.setting].values() for k in (r.get("attn_ms") or {})}, key=int)
+
+
 def _alone_method(arm: ArmRun) -> Optional[str]:
     """``"flexprefill"`` for a ``flexprefill+tsa`` arm; None for any other."""
     return arm.method[: -len("+tsa")] if arm.method.endswith("+tsa") else None
@@ -873,17 +885,16 @@ def layer_rows(g: Group) -> Tuple[List[dict], List[str]]:
     from tsa_bench.results import row
 
     dense = g.records[g.dense.setting]
-    timed = sorted({k for r in dense.values() for k in (r.get("attn_ms") or {})}, key=int)
+    timed = _timed_layers(g)
     if not timed:
         return [], [f"{g.model} {_fmt_len(g.seq_len)}: the dense records hold no attn_ms (timed on CUDA only)"]
     alone = {a.method: a for a in g.arms if not a.tsa and not _is_dense(a)}
     rows: List[dict] = []
     lines = []
+    dense_ms: Dict[str, float] = {}                  # the dense arm's per-layer medians, for the summary
     for a in g.arms:
         recs = g.records[a.setting]
-        ident = _identity(a, g.model)
-        core = {k: v for k, v in ident.items() if k in ("method", "tau", "model", "weights", "dtype")}
-        extra = {k: v for k, v in ident.items() if k not in core}
+        core, extra = _split_identity(_identity(a, g.model))
         base = alone.get(_alone_method(a)) if a.tsa else None
         line = [a.setting]
         for key in timed + [None]:
@@ -893,7 +904,10 @@ def layer_rows(g: Group) -> Tuple[List[dict], List[str]]:
             ms = _median_ms(recs, keys)
             if ms is None:
                 continue
+            if _is_dense(a) and key is not None:
+                dense_ms[key] = ms[0]
             rows.append({**row("attention_ms" + suffix, _r(ms[0]), n=ms[1], **where), **extra})
+            sp = vs = None
             if not _is_dense(a):
                 sp = attention_speedup(dense, recs, sel)
                 if sp is not None:
@@ -905,10 +919,9 @@ def layer_rows(g: Group) -> Tuple[List[dict], List[str]]:
                     rows.append({**row("attention_speedup_vs_method" + suffix, _r(vs[0]), n=vs[1], **where),
                                  **extra, "baseline_run_key": base.run_key})
             if key is None:
-                line += [_num(ms[0], ".2f"), _num(sp[0] if not _is_dense(a) and sp else None, ".2f"),
-                         _num(vs[0] if base is not None and vs else None, ".2f")]
+                line += [_num(ms[0], ".2f"), _num(sp and sp[0], ".2f"), _num(vs and vs[0], ".2f")]
         lines.append(line)
-    per_layer = ", ".join(f"{k}: {_num(_median_ms(dense, [k])[0], '.2f')}" for k in timed)
+    per_layer = ", ".join(f"{k}: {_num(v, '.2f')}" for k, v in dense_ms.items())
     summary = [f"{g.model}, {_fmt_len(g.seq_len)}: {g.n} samples per arm; attention ms = median over samples of the "
                "sum over every layer; x dense, x method = medians of per-sample ratios",
                _fmt_table(["setting", "attention ms", "x dense", "x method"], lines),

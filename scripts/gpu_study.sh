@@ -54,8 +54,9 @@ GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the
 # The next one's (seed .gpre with the fourth archive's 100-sample calibration, so its search resumes:
 #   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130d-h200x2.txz -C .gpre \
 #     runs/smol-calibrate-4k100 && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs):
-QUEUE0=${QUEUE0:-smol-calibrate-4k-upper60 smol-speed3-4k gemma-all-4k8k}
-QUEUE1=${QUEUE1:-gemma-banded gemma-32k-composed-fresh gemma-32k-rest}   # Gemma arrives in parts meanwhile
+# The fifth session's (same seed; Gemma's 13-task rows first, then the 32K grid's missing arms):
+QUEUE0=${QUEUE0:-smol-calibrate-4k-upper60 gemma-all-4k8k gemma-32k-rest gemma-32k-composed-fresh}
+QUEUE1=${QUEUE1:-smol-speed3-4k gemma-banded-prefill gemma-all-16k}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

@@ -210,6 +210,13 @@ EOF
     gemma-banded)  # Gemma's sliding layers prefilled by query chunks (--sliding-attention banded) against the
       # L x L mask path: prefill time at 8K and 32K, then the 32K NIAH arms (dense, TSA tau 0.01 in layer 17) with
       # banded (predictions vs the mask path's in gemma-32k: scripts/compare_runs.py)
+      job gemma-banded-prefill
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base --method dense,tsa --tau 0.01 \
+        --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --sliding-attention banded --seq-lens 32k \
+        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
+        --out-dir /tmp/runs/gemma-32k-banded ;;
+    gemma-banded-prefill)  # gemma-banded's timing half: prefill at 8K and 32K, mask vs banded, and the bf16 check
       wait_gemma || return 1
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       for sl in mask banded; do
@@ -218,11 +225,7 @@ EOF
           --out-dir /tmp/runs/gemma-prefill-$sl | tail -8
       done
       CUDA_VISIBLE_DEVICES=$G timeout 300 python3 scripts/check_banded_sliding.py --model $GEMMA --device cuda \
-        --dtype bf16 --seq-len 32768 --atol 1 --out-dir /tmp/runs/gemma-banded-check | tail -3
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base --method dense,tsa --tau 0.01 \
-        --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --sliding-attention banded --seq-lens 32k \
-        --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
-        --out-dir /tmp/runs/gemma-32k-banded ;;
+        --dtype bf16 --seq-len 32768 --atol 1 --out-dir /tmp/runs/gemma-banded-check | tail -3 ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

@@ -55,8 +55,16 @@ GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the
 #   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130d-h200x2.txz -C .gpre \
 #     runs/smol-calibrate-4k100 && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs):
 # The fifth session's (same seed; Gemma's 13-task rows first, then the 32K grid's missing arms):
-QUEUE0=${QUEUE0:-smol-calibrate-4k-upper60 gemma-all-4k8k gemma-32k-rest gemma-32k-composed-fresh}
-QUEUE1=${QUEUE1:-smol-speed3-4k gemma-banded-prefill gemma-all-16k}   # Gemma arrives in parts meanwhile
+#   QUEUE0="smol-calibrate-4k-upper60 gemma-all-4k8k gemma-32k-rest gemma-32k-composed-fresh"
+#   QUEUE1="smol-speed3-4k gemma-banded-prefill gemma-all-16k"
+# (gemma-32k-rest cut in its tau 0.02 late arm, gemma-32k-composed-fresh skipped; smol-speed3-4k
+# contended by the other GPU's jobs on the host). The sixth's, .gpre seeded with the fifth archive's
+# calibration and 32K runs so both resume:
+#   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130e-h200x2.txz -C .gpre \
+#     runs/smol-calibrate-4k100 runs/gemma-32k-fresh && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
+# smol-speed3-4k-alone waits for GPU 0's queue to end, so its timings have the host to themselves.
+QUEUE0=${QUEUE0:-smol-calibrate-4k-margin gemma-32k-rest}
+QUEUE1=${QUEUE1:-gemma-banded smol-speed3-4k-alone gemma-32k-composed-fresh}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

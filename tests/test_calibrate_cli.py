@@ -184,11 +184,29 @@ def test_flow_chooses_saves_and_checks_on_held_out_samples(tmp_path, capsys, mon
     assert "use it: tsa-bench ruler --model tiny-llama --sparse-layers" in out
 
 
+def test_margin_tightens_the_search_but_not_the_held_out_verdict(tmp_path, capsys, monkeypatch):
+    """Known answer (drops as in the flow test): --max-drop 20 with --margin 10 searches against
+    10 points, so "all" at tau 0.1 (drop 20) is over and "half" at tau 0.1 (drop 10, sparsity
+    2 * sqrt(0.1) / 4) is chosen; held out it drops 10, within the budget of 20."""
+    monkeypatch.setattr(C, "RulerRunner", FakeRuler)
+    assert main([*FLOW, "--max-drop", "20", "--margin", "10", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "budget 10 points (point criterion; --max-drop 20 less a margin of 10, held out against 20)" in out
+    prof = json.loads((tmp_path / "tiny-llama-random-calibrated.json").read_text())
+    assert (prof["tau"], prof["layer_set"]) == (0.1, "half")
+    assert prof["speedup"] == pytest.approx(2 * math.sqrt(0.1) / 4)
+    assert (prof["max_drop"], prof["budget"], prof["margin"]) == (10.0, 20.0, 10.0)
+    assert prof["heldout"]["drop"] == pytest.approx(10.0) and prof["heldout"]["within_budget"] is True
+    rows = pd.read_csv(out.strip().splitlines()[-1])
+    assert set(rows.margin) == {10.0} and set(rows.max_drop) == {20.0}
+    assert rows.query("metric == 'drop' and split == 'calibration' and layer_set == 'all'").feasible.eq(False).all()
+
+
 def test_nothing_feasible_saves_nothing_and_exits_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(C, "RulerRunner", FakeRuler)
     assert main([*FLOW, "--max-drop", "5", "--out-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "no setting met the budget of 5 points" in out and "Closest: tau 0.1 half" in out
+    assert "no setting met the search budget of 5 points" in out and "Closest: tau 0.1 half" in out
     assert not list(tmp_path.glob("*.json"))
     assert pd.read_csv(out.strip().splitlines()[-1]).query("metric == 'drop'").feasible.eq(False).all()
 
@@ -205,8 +223,11 @@ def test_nothing_feasible_saves_nothing_and_exits_1(tmp_path, capsys, monkeypatc
     (["--eval-n", "-1"], "--eval-n must be >= 0"),
     (["--tasks", "nope"], "--tasks: unknown RULER task 'nope'"),
     (["--confidence", "1"], r"--confidence must be in \(0, 1\)"),
+    (["--margin", "-0.5"], r"--margin must be between 0 and --max-drop \(1\) points"),
+    (["--max-drop", "1", "--margin", "1.5"], r"--margin must be between 0 and --max-drop \(1\) points"),
 ], ids=["same-seeds", "negative-budget", "tau-zero", "tau-text", "layer-out-of-range", "attention-on-cpu",
-        "ttft-without-prefill-times", "no-samples", "negative-eval-n", "unknown-task", "confidence-one"])
+        "ttft-without-prefill-times", "no-samples", "negative-eval-n", "unknown-task", "confidence-one",
+        "negative-margin", "margin-over-budget"])
 def test_bad_flags_are_usage_errors(capsys, argv, msg):
     assert main(["calibrate", *TINY, "--seq-lens", "2k", *argv, "--dry-run"]) == 2
     assert re.search(msg, capsys.readouterr().err)

@@ -31,6 +31,7 @@ EPILOG = """examples:
   tsa-bench calibrate --model meta-llama/Llama-3.1-8B-Instruct --seq-lens 4k --max-drop 1.0 --device cuda
   tsa-bench calibrate --model M --seq-lens 4k,16k --taus 0.005,0.01,0.02 --layer-sets "half;drift=results/layers/m.json"
   tsa-bench calibrate --model M --tasks niah_single_1,vt,qa_1 -n 25 --objective ttft --criterion upper
+  tsa-bench calibrate --model M --seq-lens 4k -n 100 --criterion upper --confidence 0.6 --margin 0.5
   tsa-bench calibrate --model tiny-llama --weights random --tokenizer toy --device cpu --dtype fp32 \\
       --seq-lens 2k --tasks qa_1 -n 2 --taus 0.1,0.3 --layer-sets "last=3" --eval-n 1   # CPU smoke run
   tsa-bench calibrate --model M --dry-run
@@ -45,7 +46,10 @@ speed figure (--objective; higher is faster, a whole-model figure so layer sets 
 
 A setting is feasible when its drop (dense - TSA, RULER points, mean over tasks, and over
 lengths when several) is <= --max-drop: the point estimate (--criterion point) or the upper end
-of its 95% paired bootstrap interval (--criterion upper). The profile goes to
+of its paired bootstrap interval at --confidence (--criterion upper). --margin M tests the search
+against --max-drop - M instead, a guard against the winner's curse (the search's sparsest
+feasible setting is the one whose estimate was luckiest); the held-out verdict keeps --max-drop.
+The profile goes to
 results/layers/<model>-calibrated.json (<model>-random-calibrated.json for random weights; in
 --out-dir when given) and is used by `ruler`, `niah`, `prefill` (--sparse-layers PATH, its tau
 unless --tau) and tsa_bench.hf.load_model(sparse_layers=PATH). Exit code 0: a setting was found;
@@ -92,6 +96,10 @@ def add_arguments(p) -> None:
                    help="level of the search's paired bootstrap intervals, whose upper end --criterion upper tests "
                         "(default 0.95; 0.6 makes that end a one-sided 80%% bound: between the point estimate and "
                         "the 95%% bound in caution). The held-out report keeps 95%%")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="points taken off --max-drop for the search only (default 0): a setting is feasible on the "
+                        "calibration samples when its drop is <= max-drop - margin; the held-out verdict keeps "
+                        "--max-drop")
     p.add_argument("--out-dir", default=None,
                    help="directory of the CSV, the ruler runs and the profile (default: results/calibrate, "
                         "the profile in results/layers)")
@@ -455,6 +463,8 @@ def make_plan(args) -> Plan:
     taus = parse_taus(args.taus)
     if not math.isfinite(args.max_drop) or args.max_drop < 0:
         raise UsageError(f"--max-drop must be a finite number of points >= 0, got {args.max_drop}")
+    if not math.isfinite(args.margin) or not 0 <= args.margin <= args.max_drop:
+        raise UsageError(f"--margin must be between 0 and --max-drop ({args.max_drop:g}) points, got {args.margin}")
     if args.num_samples < 1:
         raise UsageError(f"-n must be >= 1, got {args.num_samples}")
     if not 0.0 < args.confidence < 1.0:
@@ -495,8 +505,10 @@ def print_plan(args, plan: Plan) -> None:
     print(f"search: taus {', '.join(f'{t:g}' for t in plan.taus)} x {len(plan.layer_sets)} layer sets = "
           f"{len(plan.taus) * len(plan.layer_sets)} settings, at most {per_set * len(plan.layer_sets)} evaluations "
           f"+ 1 dense run; objective {args.objective} ({FIGURE_NAMES[OBJECTIVES[args.objective]]}); budget "
-          f"{args.max_drop:g} points ({args.criterion} criterion"
-          + (f", upper end of the {args.confidence * 100:g}% interval)" if args.criterion == "upper" else ")"))
+          f"{_search_budget(args):g} points ({args.criterion} criterion"
+          + (f", upper end of the {args.confidence * 100:g}% interval" if args.criterion == "upper" else "")
+          + (f"; --max-drop {args.max_drop:g} less a margin of {args.margin:g}, held out against "
+             f"{args.max_drop:g})" if args.margin else ")"))
     for name, layers in plan.layer_sets.items():
         print(f"  layer set {name}: {_n_layers(layers)} {','.join(map(str, layers))}")
     print(f"calibration samples: seed {args.calib_seed}, {args.num_samples} per task and length; held-out: seed "
@@ -530,7 +542,7 @@ def run(args) -> int:
                   f"drop {_pts(m)} (tsa {m.score:.2f}, dense {m.dense_score:.2f}), {_fmt_figs(m.figures)} -> "
                   + ("feasible" if e.feasible else "over budget"), flush=True)
 
-        result = calibrate(plan.taus, plan.layer_sets, ev, args.max_drop, criterion=args.criterion,
+        result = calibrate(plan.taus, plan.layer_sets, ev, _search_budget(args), criterion=args.criterion,
                            on_evaluation=report)
         for note in result.skipped:
             print(f"  skipped {note}")
@@ -549,10 +561,11 @@ def _report_infeasible(args, result, ev: Evaluator) -> None:
     judged = (lambda e: e.evaluation.drop) if args.criterion == "point" else (lambda e: e.evaluation.drop_hi)
     close = min(result.log, key=lambda e: (judged(e), -e.evaluation.speedup))
     m = ev.measured[(close.setting.tau, close.setting.layers)]
-    print(f"no setting met the budget of {args.max_drop:g} points ({args.criterion} criterion, {len(result.log)} of "
+    print(f"no setting met the search budget of {_search_budget(args):g} points ({args.criterion} criterion, "
+          f"{len(result.log)} of "
           f"{result.grid_size} settings evaluated); nothing saved. Closest: tau {close.setting.tau:g} "
           f"{close.setting.layer_set} (layers {','.join(map(str, close.setting.layers))}): drop {_pts(m)}. "
-          "Try smaller --taus, smaller --layer-sets or a larger --max-drop")
+          "Try smaller --taus, smaller --layer-sets, a larger --max-drop or a smaller --margin")
 
 
 def _save_and_check(args, plan: Plan, result, ev: Evaluator, runner: RulerRunner, setup: dict) -> List[dict]:
@@ -568,6 +581,7 @@ def _save_and_check(args, plan: Plan, result, ev: Evaluator, runner: RulerRunner
              "calibration": {"seed": args.calib_seed, "n": args.num_samples, "tasks": plan.tasks,
                              "seq_lens": plan.lengths, "dense_score": m.dense_score, "score": m.score,
                              "drop_lo": m.drop_lo, "figures": m.figures},
+             "budget": args.max_drop, "margin": args.margin,
              "skipped": list(result.skipped), "provenance": provenance(setup, plan.device)}
     doc = profile_dict(result, model=plan.model_name, num_layers=plan.num_layers, extra=extra)
     _write_json(plan.profile, doc)
@@ -581,6 +595,11 @@ def _save_and_check(args, plan: Plan, result, ev: Evaluator, runner: RulerRunner
     doc["heldout"] = {k: v for k, v in held.items() if k != "rows"}
     _write_json(plan.profile, doc)
     return held["rows"]
+
+
+def _search_budget(args) -> float:
+    """The budget the search tests: --max-drop less --margin (the held-out verdict keeps --max-drop)."""
+    return args.max_drop - args.margin
 
 
 def _n_layers(layers) -> str:
@@ -623,7 +642,7 @@ def _search_rows(args, plan: Plan, result, ev: Evaluator) -> List[dict]:
     from tsa_bench.results import row
 
     common = dict(split="calibration", seed=args.calib_seed, objective=args.objective, criterion=args.criterion,
-                  max_drop=args.max_drop, level=_level(plan))
+                  max_drop=args.max_drop, margin=args.margin, level=_level(plan))
     rows = []
     for e in result.log:
         m = ev.measured[(e.setting.tau, e.setting.layers)]
@@ -660,7 +679,7 @@ def _heldout(args, plan: Plan, runner: RulerRunner, best, calib_dense: Run) -> d
           f"{_pts(m)} points ({'within' if within else 'OVER'} the budget of {args.max_drop:g}); "
           f"{_fmt_figs(m.figures)}")
     common = dict(split="heldout", seed=args.eval_seed, objective=args.objective, criterion=args.criterion,
-                  max_drop=args.max_drop)
+                  max_drop=args.max_drop, margin=args.margin)
     tsa_extra = dict(common, layer_set=best.layer_set, layers=",".join(map(str, best.layers)),
                      setting=f"tsa tau={best.tau:g} calibrated", chosen=True, profile=str(plan.profile),
                      predictions=tsa.predictions)

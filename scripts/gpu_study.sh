@@ -62,9 +62,11 @@ GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the
 # calibration and 32K runs so both resume:
 #   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130e-h200x2.txz -C .gpre \
 #     runs/smol-calibrate-4k100 runs/gemma-32k-fresh && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
-# smol-speed3-4k-alone waits for GPU 0's queue to end, so its timings have the host to themselves.
-QUEUE0=${QUEUE0:-smol-calibrate-4k-margin gemma-32k-rest}
-QUEUE1=${QUEUE1:-gemma-banded smol-speed3-4k-alone gemma-32k-composed-fresh}   # Gemma arrives in parts meanwhile
+# gemma-32k-all13 waits for GPU 1's queue to end and then runs on both GPUs (torchrun). Left for a
+# later session: smol-speed3-4k-alone (waits for the other queue, so its timings have the host to
+# themselves), gemma-32k-composed-fresh, and gemma-banded's 32K NIAH arms.
+QUEUE0=${QUEUE0:-smol-calibrate-4k-margin gemma-32k-rest gemma-32k-all13}
+QUEUE1=${QUEUE1:-gemma-banded-prefill}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

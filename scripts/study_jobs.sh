@@ -234,6 +234,21 @@ EOF
       done
       CUDA_VISIBLE_DEVICES=$G timeout 300 python3 scripts/check_banded_sliding.py --model $GEMMA --device cuda \
         --dtype bf16 --reference fp32 --seq-len 32768 --atol 1 --out-dir /tmp/runs/gemma-banded-check | tail -5 ;;
+    gemma-32k-all13)  # Gemma at 32K on all 13 tasks x 50 (the sample set; the grid is on 4 NIAH tasks x 20),
+      # the arms that carry a claim: dense, tau 0.005 in the drift layer (the row), tau 0.02 there (the
+      # 4-task headline) and the calibrated profile (tau 0.05, layers 11 and 17); once the other queue has ended,
+      # on both GPUs with torchrun (about 0.7 s a sample: 650 samples ~4 min an arm on two H200s)
+      wait_gemma || return 1
+      wait_other_queue
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      local base="--engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
+      base="$base --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped"
+      base="$base --out-dir /tmp/runs/gemma-all32k"
+      timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler $base \
+        --method dense,tsa --tau 0.005,0.02 --sparse-layers "drift=results/layers/gemma3-270m-32k.json"
+      timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler $base \
+        --method dense,tsa --sparse-layers \
+        "calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json" ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

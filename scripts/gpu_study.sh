@@ -10,7 +10,7 @@
 #   bash scripts/gpu_study.sh stash wheels site524 profile  # call 1: carry .carry/t1 + .whl + .whl524
 #   bash scripts/gpu_study.sh stash seed                 # call 2: carry .carry/t2 + .gpre (earlier predictions)
 #   bash scripts/gpu_study.sh stash join start           # call 3: carry .carry/t3; queues start
-#   bash scripts/gpu_study.sh stash join                 # calls 4..11: carry .carry/h1 .. h8 (Gemma, joined at the last)
+#   bash scripts/gpu_study.sh stash join                 # calls 4..13: carry .carry/h1 .. h10 (Gemma, joined at the last)
 #   bash scripts/gpu_study.sh wait:540                   # later calls: wait (at most N s) and collect
 #
 # Queues (scripts/study_jobs.sh names the jobs): QUEUE0 on GPU 0 and QUEUE1 on GPU 1. The first
@@ -42,7 +42,7 @@ GEMMA=$M/gemma-3-270m-q4_k_m.gguf
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 SMOL_PARTS=${SMOL_PARTS:-4}          # .carry/t1 .. t4 (25 MB each: the tracked tree is 32 MB since the fourth archive)
-GEMMA_PARTS=${GEMMA_PARTS:-8}        # .carry/h1 .. h8 (32 MB each: a part + the tree stay under 64 MiB)
+GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + the 36 MB tree stay under 64 MiB)
 # the third session: QUEUE0="smol-4k-composed smol-8k-sparse smol-calibrate-4k50 smol-calibrate-8k",
 # QUEUE1="smol-8k-late gemma-calibrate smol-speed"; the fourth (these defaults) made the same calls
 # 1-12 with `kcheck` added to call 1 (28 min held; Gemma joined 2.5 min in), and when GPU 0's

@@ -562,8 +562,8 @@ def _report_infeasible(args, result, ev: Evaluator) -> None:
     close = min(result.log, key=lambda e: (judged(e), -e.evaluation.speedup))
     m = ev.measured[(close.setting.tau, close.setting.layers)]
     print(f"no setting met the search budget of {_search_budget(args):g} points ({args.criterion} criterion, "
-          f"{len(result.log)} of "
-          f"{result.grid_size} settings evaluated); nothing saved. Closest: tau {close.setting.tau:g} "
+          f"{len(result.log)} of {result.grid_size} settings evaluated); nothing saved. "
+          f"Closest: tau {close.setting.tau:g} "
           f"{close.setting.layer_set} (layers {','.join(map(str, close.setting.layers))}): drop {_pts(m)}. "
           "Try smaller --taus, smaller --layer-sets, a larger --max-drop or a smaller --margin")
 

@@ -36,7 +36,8 @@ wait_other_queue() {  # timing jobs need the host to themselves: wait until the 
   local other=$((1 - G))
   while [ ! -f /tmp/jobs/queue$other.done ] && [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && [ "$(left)" -gt 60 ]; do sleep 5; done
 }
-RULER="python3 -m tsa_bench ruler --engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
+RULER_ARGS="--engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
+RULER="python3 -m tsa_bench ruler $RULER_ARGS"
 
 smol_calibrate() {  # LENGTH SEARCH_N LAYER_SETS DIR: `calibrate` on SmolLM2's six calibration tasks
   CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens "$1" \
@@ -241,8 +242,7 @@ EOF
       wait_gemma || return 1
       wait_other_queue
       export PYTHONPATH=.:/tmp/site524:/tmp/site
-      local base="--engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
-      base="$base --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped"
+      local base="$RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped"
       base="$base --out-dir /tmp/runs/gemma-all32k"
       timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler $base \
         --method dense,tsa --tau 0.005,0.02 --sparse-layers "drift=results/layers/gemma3-270m-32k.json"
@@ -312,9 +312,8 @@ EOF
       sleep 2
       CUDA_VISIBLE_DEVICES=0 timeout 300 $RULER --model $SMOL --method dense --seq-lens 4k -n $N \
         --out-dir /tmp/runs/one
-      timeout 300 torchrun --standalone --nproc_per_node 2 -m tsa_bench ruler --engine batched --data generated \
-        --words builtin --no-progress --cache-dir /tmp/cache$G --model $SMOL --method dense --seq-lens 4k -n $N \
-        --out-dir /tmp/runs/two
+      timeout 300 torchrun --standalone --nproc_per_node 2 -m tsa_bench ruler $RULER_ARGS --model $SMOL --method dense \
+        --seq-lens 4k -n $N --out-dir /tmp/runs/two
       python3 scripts/compare_runs.py /tmp/runs/one/preds/*-dense-*.jsonl /tmp/runs/two/preds/*-dense-*.jsonl \
         "$(ls /tmp/runs/one/*.csv | head -1)" "$(ls /tmp/runs/two/*.csv | head -1)" ;;
     *) echo "unknown job $name"; return 2 ;;

@@ -423,3 +423,22 @@ def test_predictions_changed_counts_texts_that_differ_from_dense(tmp_path, capsy
     got = value(df, "tsa tau=0.005 half", "predictions_changed")
     assert (got.value, got.n) == (2.0, 4)
     assert not len(df[(df.setting == "dense") & (df.metric == "predictions_changed")])
+
+
+def test_one_run_in_two_folders_unites_their_records(tmp_path, capsys):
+    """The same arm (run key) in two sessions' folders: its records are the union of both
+    predictions files, the later CSV's record where an id is in both (there: dense's score on
+    vt sample 1 is 1 in the second session, 0 in the first), and stderr says so. Before,
+    only the later file was read, and samples only the first session had were silently lost."""
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    make_arm(first, [r for r in dense_records() if r["task"] == "niah_single_1"]
+             + [rec("vt", 1, 0.0, attn_ms={str(k): 10.0 for k in range(LAYERS)}, prefill_s=0.5)],
+             method="dense", run_key="densesplit01")
+    make_arm(second, [r for r in dense_records() if r["task"] == "vt"], method="dense", run_key="densesplit01")
+    make_arm(second, tsa_records(), method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3))
+    rc, _, err, df = tables(capsys, tmp_path, first, second)
+    assert rc == 0
+    assert "records of 2 predictions files united" in err and str(second / "preds") in err
+    assert value(df, "dense", "score", "niah_single_1").value == pytest.approx(100.0)   # only in s1
+    assert value(df, "dense", "score", "vt").value == pytest.approx(50.0)      # s2's 0, 1 (s1's vt 1 was 0)
+    assert value(df, "tsa tau=0.005 half", "score_diff").n == 4

@@ -125,8 +125,9 @@ def add_arguments(p) -> None:
 @dataclass
 class ArmRun:
     """One arm of a ruler run, read from its CSV(s): what it ran and where its predictions are.
-    CSVs of the same ``run_key`` (the same configuration run again, e.g. at another length)
-    share one predictions file and are merged into one ArmRun."""
+    CSVs of the same ``run_key`` (the same configuration run again, e.g. at another length, or
+    in another session's folder) are merged into one ArmRun; ``predictions`` is the latest
+    CSV's file and ``earlier_predictions`` the other files they name, in CSV order."""
     csvs: List[Path]
     predictions: Path
     model: str
@@ -142,16 +143,21 @@ class ArmRun:
     n: Optional[int]                    # samples per task and length (None: all in the file)
     weights: str = ""
     dtype: str = ""
+    earlier_predictions: List[Path] = field(default_factory=list)
     _records: Optional[Dict[str, dict]] = field(default=None, repr=False)
 
     def records(self) -> Dict[str, dict]:
-        """Every record of the predictions file by id (first wins, a torn last line ignored)."""
+        """Every record of the predictions files by id: within a file the first record of an id
+        wins (a torn last line ignored); across files the later file's (``predictions`` last)."""
         if self._records is None:
             from tsa_bench.distributed import read_records
-            try:
-                self._records = read_records(self.predictions)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UsageError(f"predictions {self.predictions} (of {self.csvs[-1]}): not JSONL: {exc}") from None
+            merged: Dict[str, dict] = {}
+            for path in [*self.earlier_predictions, self.predictions]:
+                try:
+                    merged.update(read_records(path))
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise UsageError(f"predictions {path} (of run {self.run_key}): not JSONL: {exc}") from None
+            self._records = merged
         return self._records
 
     def at(self, seq_len: int) -> Dict[str, dict]:
@@ -278,12 +284,21 @@ def find_arms(paths: Sequence[str], log=None) -> List[ArmRun]:
             arms[arm.run_key] = arm
             continue
         old.csvs.append(f)
-        old.predictions = arm.predictions
+        if arm.predictions != old.predictions:
+            if old.predictions not in old.earlier_predictions:
+                old.earlier_predictions.append(old.predictions)
+            if arm.predictions in old.earlier_predictions:
+                old.earlier_predictions.remove(arm.predictions)
+            old.predictions = arm.predictions
         old.tasks = sorted(set(old.tasks) | set(arm.tasks))
         old.seq_lens = sorted(set(old.seq_lens) | set(arm.seq_lens))
         old.n = None if old.n is None or arm.n is None else max(int(old.n), int(arm.n))
     if not arms:
         raise UsageError(f"no ruler CSVs in {', '.join(map(str, paths))} (run `tsa-bench ruler ... --out-dir DIR`)")
+    for arm in arms.values():
+        if arm.earlier_predictions:
+            log(f"run {arm.run_key} ({arm.setting}): records of {1 + len(arm.earlier_predictions)} predictions files "
+                f"united, where an id is in several the latest file's ({arm.predictions})")
     return list(arms.values())
 
 

@@ -442,3 +442,44 @@ def test_one_run_in_two_folders_unites_their_records(tmp_path, capsys):
     assert value(df, "dense", "score", "niah_single_1").value == pytest.approx(100.0)   # only in s1
     assert value(df, "dense", "score", "vt").value == pytest.approx(50.0)      # s2's 0, 1 (s1's vt 1 was 0)
     assert value(df, "tsa tau=0.005 half", "score_diff").n == 4
+
+
+def test_untouched_layers_measure_a_timing_bias(tmp_path, capsys):
+    """Layers 0 and 2 are dense in the TSA arm (sparse 1, 3): in the standard run they take what
+    dense takes (x1.00, no warning); slowed by 10% (another session, a busy host) they give
+    x1/1.1 and stderr names the arm. No row for dense or for XAttention (timed over every layer)."""
+    rc, _, err, df = tables(capsys, tmp_path, standard_run(tmp_path / "ok"))
+    assert rc == 0 and "carry a bias" not in err
+    assert value(df, "tsa tau=0.005 half", "attention_speedup_untouched").value == pytest.approx(1.0)
+    for setting in ("dense", "xattention"):
+        assert df[(df.setting == setting) & (df.metric == "attention_speedup_untouched")].empty
+    slow = tmp_path / "slow"
+    make_arm(slow, dense_records(), method="dense")
+    recs = tsa_records()
+    for r in recs:
+        r["attn_ms"] = {k: v * (1.1 if k in ("0", "2") else 1.0) for k, v in r["attn_ms"].items()}
+    make_arm(slow, recs, method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3))
+    rc, _, err, df = tables(capsys, tmp_path / "second", slow)
+    assert rc == 0
+    assert value(df, "tsa tau=0.005 half", "attention_speedup_untouched").value == pytest.approx(1 / 1.1, abs=1e-4)
+    assert "tsa tau=0.005 half x0.909" in err and "carry a bias" in err
+    assert value(df, "tsa tau=0.005 half", "attention_speedup").value == pytest.approx(2.0)   # sparse layers unchanged
+
+
+def test_untouched_layers_of_a_composed_arm_exclude_the_methods_layers(tmp_path, capsys):
+    """--method-layers 2,3: FlexPrefill changes layers 2, 3, FlexPrefill + TSA (TSA in 1) layers
+    1, 2, 3; both run their changed layers at half of dense's 10 ms, the rest at 10 ms. The
+    untouched layers (0, 1 and 0) are then x1.00; counting layer 2 as untouched for the
+    composed arm (TSA's layers only) would give (10 + 10) / (10 + 5) = x1.33."""
+    run = tmp_path / "run"
+    ms = lambda changed: {k: 5.0 if k in changed else 10.0 for k in range(LAYERS)}      # noqa: E731
+    make_arm(run, [timed(t, i, 1, ms(()), 0.5) for t, i in SAMPLES], method="dense")
+    make_arm(run, [timed(t, i, 1, ms((2, 3)), 0.4) for t, i in SAMPLES], method="flexprefill")
+    make_arm(run, [timed(t, i, 1, ms((1, 2, 3)), 0.3, {1: [0.5, 0.6]}) for t, i in SAMPLES],
+             method="flexprefill+tsa", tau=0.005, layers="one", sparse_layers=(1,))
+    rc, _, err, df = tables(capsys, tmp_path, run, extra=("--method-layers", "2,3"))
+    assert rc == 0 and "carry a bias" not in err
+    for setting in ("flexprefill", "flexprefill+tsa tau=0.005 one"):
+        assert value(df, setting, "attention_speedup_untouched").value == pytest.approx(1.0)
+    rc, _, _, df = tables(capsys, tmp_path / "every", run)           # without --method-layers: every layer
+    assert rc == 0 and df[df.metric == "attention_speedup_untouched"].empty

@@ -62,8 +62,9 @@ See docs/study.md for the exact definitions.
 """
 SPEED_METRIC_ORDER = ("attention_speedup", "attention_speedup_all_layers", "ttft_speedup",
                       "attention_sparsity", "keep_fraction")
-ROW_METRICS = SPEED_METRIC_ORDER + ("attention_speedup_total", "ttft_speedup_total",
+ROW_METRICS = SPEED_METRIC_ORDER + ("attention_speedup_total", "ttft_speedup_total", "attention_speedup_untouched",
                                     "predictions_changed")                                 # written to the CSV
+UNTOUCHED_TOLERANCE = 0.02      # |untouched - 1| above this: stderr says the arm's timing carries a bias
 PREDICTORS = ("sparsity", "keep_fraction", "attention_speedup")      # per-layer columns, sensitivity
 
 
@@ -178,6 +179,18 @@ class ArmRun:
         if self.tsa:
             return self.sparse_layers
         return tuple(method_layers) if method_layers and not _is_dense(self) else None
+
+    def changed_layers(self, method_layers: Optional[Sequence[int]] = None) -> Optional[Tuple[int, ...]]:
+        """The layers whose attention this arm changes: TSA's sparse layers, plus, for a sparse
+        method (alone or ``<method>+tsa``), the layers it runs in (``method_layers``; ``None``:
+        every layer, so the result is ``None``). Empty for dense."""
+        if _is_dense(self):
+            return ()
+        if self.method == "tsa":
+            return self.sparse_layers
+        if not method_layers:
+            return None
+        return tuple(sorted(set(method_layers) | set(self.sparse_layers)))
 
 
 def _stderr(msg: str) -> None:
@@ -452,7 +465,7 @@ def tsa_means(records: Mapping[str, dict], layers: Optional[Sequence[int]] = Non
 
 
 TIMING_METRICS = ("attention_speedup", "attention_speedup_all_layers", "ttft_speedup", "attention_speedup_total",
-                  "ttft_speedup_total")
+                  "ttft_speedup_total", "attention_speedup_untouched")
 
 
 def timing_metrics(group: Group, arm: ArmRun,
@@ -462,12 +475,18 @@ def timing_metrics(group: Group, arm: ArmRun,
     ``method_layers``: see :meth:`ArmRun.speed_layers`."""
     dense, recs = group.records[group.dense.setting], group.records[arm.setting]
     layers = arm.speed_layers(method_layers)
+    # the layers the arm leaves as dense: they should run x1.00 against dense, so their ratio
+    # measures how far this arm's and dense's timings are apart for reasons other than the method
+    # (another session's GPU, a busy host); none for dense or an arm that changes every layer
+    changed = arm.changed_layers(method_layers)
+    untouched = None if not changed else [int(k) for k in _timed_layers(group) if int(k) not in set(changed)]
     out: Dict[str, Tuple[float, int]] = {}
     for metric, value in zip(TIMING_METRICS, (attention_speedup(dense, recs, layers),
                                               attention_speedup(dense, recs, None),
                                               ttft_speedup(dense, recs),
                                               attention_speedup(dense, recs, layers, "total"),
-                                              ttft_speedup(dense, recs, "total"))):
+                                              ttft_speedup(dense, recs, "total"),
+                                              attention_speedup(dense, recs, untouched) if untouched else None)):
         if value is not None:
             out[metric] = value
     return out
@@ -636,6 +655,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         head = table[table.level == "mean_tasks"].set_index("method")
         lines = []
         missing: Dict[str, List[str]] = {}
+        biased: List[str] = []
         for a in g.arms:
             timed = timed_in.get(a.setting) if speed_groups is not None else (g, a)   # None: said above
             speed = {**(timing_metrics(*timed, method_layers) if timed else {}), **sparsity_metrics(g, a),
@@ -644,6 +664,8 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
                 for metric in ("attention_speedup", "ttft_speedup"):
                     if metric not in speed:
                         missing.setdefault(metric, []).append(a.setting)
+                if abs(speed.get("attention_speedup_untouched", (1.0, 0))[0] - 1.0) > UNTOUCHED_TOLERANCE:
+                    biased.append(f"{a.setting} x{speed['attention_speedup_untouched'][0]:.3f}")
             core, extra = _split_identity(identities[a.setting])
             for metric in ROW_METRICS:
                 if metric in speed:
@@ -672,6 +694,10 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
                 "prefill_s (recorded by the batched engine)"
             log(f"{g.model} {_fmt_len(g.seq_len)}: no {metric} row for "
                 f"{'any arm' if len(settings) == len(g.arms) else ', '.join(settings)}: the records lack {why}")
+        if biased:
+            log(f"{g.model} {_fmt_len(g.seq_len)}: the layers these arms leave as dense run against dense's at "
+                f"{', '.join(biased)} (attention_speedup_untouched): their speed columns carry a bias of about that "
+                "size (timed in another session, or on a busy host?)")
         pct = f"{confidence * 100:g}%"
         summary.append(f"{g.model}, {_fmt_len(g.seq_len)}: {g.n} samples per arm, baseline {g.dense.setting}; "
                        f"score = mean over tasks (points), diff vs dense [paired {pct} bootstrap]"

@@ -697,7 +697,8 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         if biased:
             log(f"{g.model} {_fmt_len(g.seq_len)}: the layers these arms leave as dense run against dense's at "
                 f"{', '.join(biased)} (attention_speedup_untouched): their speed columns carry a bias of about that "
-                "size (timed in another session, or on a busy host?)")
+                "size (timed in another session or on a busy host, or, where kernel launches are the bottleneck, "
+                "the sparse layers' host work delaying the layers after them)")
         pct = f"{confidence * 100:g}%"
         summary.append(f"{g.model}, {_fmt_len(g.seq_len)}: {g.n} samples per arm, baseline {g.dense.setting}; "
                        f"score = mean over tasks (points), diff vs dense [paired {pct} bootstrap]"

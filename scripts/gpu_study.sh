@@ -62,6 +62,10 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 # calibration and 32K runs so both resume:
 #   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130e-h200x2.txz -C .gpre \
 #     runs/smol-calibrate-4k100 runs/gemma-32k-fresh && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
+# The seed is 6.5 MB and a SmolLM2 part + the 36 MB tree is 61 MB, so carry it with .whl524 and
+# start the queues after it: 1. carry .carry/t1 .whl: `stash wheels`; 2-3. .carry/t2, t3: `stash`;
+# 4. carry .whl524 .gpre: `site524 seed`; 5. carry .carry/t4: `stash join start` (TSA_BENCH_GIT_SHA,
+# DEADLINE_S); 6-15. .carry/h1..h10: `stash` (the last `stash join status`); then `wait:N` calls.
 # gemma-32k-all13 waits for GPU 1's queue to end and then runs on both GPUs (torchrun). Left for a
 # later session: smol-speed3-4k-alone (waits for the other queue, so its timings have the host to
 # themselves), gemma-32k-composed-fresh, and gemma-banded's 32K NIAH arms.

@@ -18,9 +18,10 @@ from tsa_bench.analysis.pareto import pareto_mask
 
 SCORE_METRICS = ("score", "score_diff")
 # attention_speedup_all_layers (dense / method attention time summed over every layer, `tsa-bench study`)
-# is carried into the points table; the figures plot attention_speedup (the sparse layers)
+# and attention_speedup_untouched (the layers the arm leaves as dense: x1.00 unless its timing carries a
+# bias) are carried into the points table; the figures plot attention_speedup (the sparse layers)
 SPEED_METRICS = ("attention_speedup", "attention_sparsity", "keep_fraction", "ttft_speedup",
-                 "attention_speedup_all_layers")
+                 "attention_speedup_all_layers", "attention_speedup_untouched")
 METRICS = SCORE_METRICS + SPEED_METRICS
 POINT_COLUMNS = ["model", "seq_len", "setting", "method", "tau", "layers", "n", "score", "score_lo", "score_hi",
                  "diff", "diff_lo", "diff_hi", "bar_lo", "bar_hi", *SPEED_METRICS, "on_frontier"]

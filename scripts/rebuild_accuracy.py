@@ -79,7 +79,8 @@ def extract(archive: Path, folders: Sequence[str], dest: Path) -> Path:
     wanted = tuple(f"runs/{f}/" for f in folders)
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(wanted)]
-        tar.extractall(dest, members=members, filter="data")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}    # Python >= 3.11.4 / 3.10.12
+        tar.extractall(dest, members=members, **safe)
     return dest / "runs"
 
 

@@ -69,7 +69,7 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 # gemma-32k-all13 waits for GPU 1's queue to end and then runs on both GPUs (torchrun). Left for a
 # later session: smol-speed3-4k-alone (waits for the other queue, so its timings have the host to
 # themselves), gemma-32k-composed-fresh, and gemma-banded's 32K NIAH arms.
-QUEUE0=${QUEUE0:-smol-calibrate-4k-margin gemma-32k-rest gemma-32k-all13}
+QUEUE0=${QUEUE0:-smol-calibrate-4k-margin gemma-32k-all13 gemma-32k-rest}
 QUEUE1=${QUEUE1:-gemma-banded-prefill}   # Gemma arrives in parts meanwhile
 
 pack() {

@@ -288,3 +288,17 @@ def test_sliding_attention_flag_reaches_the_plan(command):
         args.model, args.method = "gemma3-270m", "dense"
         model, _ = _load_model(args, "meta")
         assert model.config.tsa_settings["sliding"] == "banded"
+
+
+def test_the_cli_offers_exactly_the_sliding_paths_the_loader_accepts():
+    """args.add_sliding_argument spells the choices out (the CLI parser must not import torch);
+    they must stay those of tsa_bench.hf.attention.SLIDING_PREFILL."""
+    import argparse
+
+    from tsa_bench.args import add_sliding_argument
+    from tsa_bench.hf.attention import SLIDING_PREFILL
+
+    p = argparse.ArgumentParser()
+    add_sliding_argument(p)
+    action = next(a for a in p._actions if a.dest == "sliding_attention")
+    assert tuple(action.choices) == SLIDING_PREFILL and action.default == SLIDING_PREFILL[0]

@@ -19,6 +19,16 @@ def add_model_load_arguments(p) -> None:
                         "context: yarn:F, linear:F or dynamic:F (e.g. yarn:4 turns SmolLM2's 8K into 32K)")
 
 
+def add_sliding_argument(p) -> None:
+    """``--sliding-attention`` of the commands that prefill a hybrid model with its own sliding
+    layers (``prefill``, ``ruler``, ``niah``): the choices of ``tsa_bench.hf.attention.SLIDING_PREFILL``."""
+    p.add_argument("--sliding-attention", default="mask", choices=["mask", "banded"],
+                   help="prefill of a hybrid model's sliding-window layers (Gemma 3): mask = transformers' SDPA "
+                        "with the layer's L x L mask, as the plain model (default); banded = the same call on "
+                        "query chunks against the keys their window reaches (same result up to rounding, "
+                        "O(L x window) work; docs/models.md). No effect on other models")
+
+
 def resolve_model_arg(args, lengths: List[int]) -> None:
     """Fill ``args.model`` when it is omitted and check ``lengths`` against its trained context.
 

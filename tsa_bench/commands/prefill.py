@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from tsa_bench.args import add_model_load_arguments, fmt_length, parse_lengths
+from tsa_bench.args import add_model_load_arguments, add_sliding_argument, fmt_length, parse_lengths
 from tsa_bench.cli import UsageError
 from tsa_bench.commands.profile_layers import resolve_device
 
@@ -58,9 +58,7 @@ def add_arguments(p) -> None:
                    help="'15-30', 'half', 'preset' or a profile JSON (default: preset list, saved profile, or second half)")
     add_model_load_arguments(p)
     p.add_argument("--impl", default="auto", choices=["auto", "triton", "naive"], help="TSA ops implementation")
-    p.add_argument("--sliding-attention", default="mask", choices=["mask", "banded"],
-                   help="prefill of a hybrid model's sliding-window layers: mask (transformers' SDPA with the L x L "
-                        "mask, default) or banded (query chunks against the keys their window reaches)")
+    add_sliding_argument(p)
     p.add_argument("--batch", type=int, default=1, help="equal-length prompts per forward (default 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per (length, method) (default 1)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per (length, method) (default 5)")

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from tsa_bench import distributed as D
-from tsa_bench.args import add_model_load_arguments, fmt_length, parse_lengths, resolve_model_arg
+from tsa_bench.args import (add_model_load_arguments, add_sliding_argument, fmt_length, parse_lengths,
+                             resolve_model_arg)
 from tsa_bench.cli import UsageError
 
 NAME = "ruler"
@@ -70,11 +71,7 @@ def add_model_arguments(p) -> None:
                         "preset's, else 0.005); ruler takes a comma list, each TSA method then runs once per tau")
     add_model_load_arguments(p)
     p.add_argument("--dense-backend", default="sdpa", help="dense kernel from the registry (default sdpa)")
-    p.add_argument("--sliding-attention", default="mask", choices=["mask", "banded"],
-                   help="prefill of a hybrid model's sliding-window layers (Gemma 3): mask = transformers' SDPA "
-                        "with the layer's L x L mask, as the plain model (default); banded = the same call on "
-                        "query chunks against the keys their window reaches (same result up to rounding, "
-                        "O(L x window) work; docs/models.md). No effect on other models")
+    add_sliding_argument(p)
     p.add_argument("--dropped", default="zero",
                    help="output of the query rows TSA drops: zero (the paper) or local:<w> (attention over the "
                         "last w keys; docs/dropped-rows.md). Kept rows are unchanged")

@@ -39,11 +39,13 @@ wait_other_queue() {  # timing jobs need the host to themselves: wait until the 
 RULER_ARGS="--engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
 RULER="python3 -m tsa_bench ruler $RULER_ARGS"
 
-smol_calibrate() {  # LENGTH SEARCH_N LAYER_SETS DIR: `calibrate` on SmolLM2's six calibration tasks
-  CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens "$1" \
-    --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n "$2" \
-    --layer-sets "$3" --eval-n 50 --objective sparsity --engine batched $(new_batch) --data generated \
-    --words builtin --no-progress --out-dir "/tmp/runs/$4"
+smol_calibrate() {  # LENGTH SEARCH_N LAYER_SETS DIR [CALIBRATE FLAGS ...]: `calibrate` on SmolLM2's six
+  # calibration tasks, 50 held-out samples a task unless EVAL_N says otherwise
+  local L=$1 n=$2 sets=$3 dir=$4; shift 4
+  CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens "$L" \
+    --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n "$n" \
+    --layer-sets "$sets" "$@" --eval-n "${EVAL_N:-50}" --objective sparsity --engine batched $(new_batch) \
+    --data generated --words builtin --no-progress --out-dir "/tmp/runs/$dir"
 }
 
 smol_speed() {  # LENGTH DIR [LAYER_SETS ...]: every timed SmolLM2 arm in one run on a GPU with no other job, n = 6
@@ -269,20 +271,13 @@ EOF
     smol-calibrate-4k-upper60)  # 4K once more with the rule fixed before it runs: --criterion upper --confidence 0.6
       # (a one-sided 80% bound; the point criterion went over on held-out samples three times, see
       # docs/calibrate.md); the 100-sample search's arms resume, so only the held-out arm of the choice is new
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 4k \
-        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 100 \
-        --layer-sets "late=23-29;last4=26-29" --criterion upper --confidence 0.6 --eval-n 50 --objective sparsity \
-        --engine batched $(new_batch) --data generated --words builtin --no-progress \
-        --out-dir /tmp/runs/smol-calibrate-4k100 ;;
+      smol_calibrate 4k 100 "late=23-29;last4=26-29" smol-calibrate-4k100 --criterion upper --confidence 0.6 ;;
     smol-calibrate-4k-margin)  # 4K again, fixed in the fifth session before it runs: the upper60 rule went over
       # on held-out samples (1.27), so the search budget gets a 0.5-point margin (--margin 0.5: feasible when the
       # 60% interval's upper end is <= 0.5) and the held-out set is fresh and twice as large (seed 4242,
       # 100 a task = 600 samples); the 100-sample search arms resume (seed .gpre with runs/smol-calibrate-4k100)
-      CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $SMOL --seq-lens 4k \
-        --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,vt,qa_1 -n 100 \
-        --layer-sets "late=23-29;last4=26-29" --criterion upper --confidence 0.6 --margin 0.5 \
-        --eval-seed 4242 --eval-n 100 --objective sparsity --engine batched $(new_batch) --data generated \
-        --words builtin --no-progress --out-dir /tmp/runs/smol-calibrate-4k100 ;;
+      EVAL_N=100 smol_calibrate 4k 100 "late=23-29;last4=26-29" smol-calibrate-4k100 --criterion upper \
+        --confidence 0.6 --margin 0.5 --eval-seed 4242 ;;
     smol-calibrate-8k)  # 50 search samples per task; only the late sets: at 8K the grid's drift and half
       # sets lose 7-19 points at every tau, and the search would spend six evaluations confirming it
       smol_calibrate 8k 50 "late=23-29;last4=26-29" smol-calibrate-8k ;;

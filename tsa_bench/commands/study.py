@@ -478,8 +478,8 @@ def timing_metrics(group: Group, arm: ArmRun,
     # the layers the arm leaves as dense: they should run x1.00 against dense, so their ratio
     # measures how far this arm's and dense's timings are apart for reasons other than the method
     # (another session's GPU, a busy host); none for dense or an arm that changes every layer
-    changed = arm.changed_layers(method_layers)
-    untouched = None if not changed else [int(k) for k in _timed_layers(group) if int(k) not in set(changed)]
+    changed = set(arm.changed_layers(method_layers) or ())
+    untouched = [int(k) for k in _timed_layers(group) if int(k) not in changed] if changed else None
     out: Dict[str, Tuple[float, int]] = {}
     for metric, value in zip(TIMING_METRICS, (attention_speedup(dense, recs, layers),
                                               attention_speedup(dense, recs, None),

@@ -84,8 +84,14 @@ def extract(archive: Path, folders: Sequence[str], dest: Path) -> Path:
     return dest / "runs"
 
 
+def placeholder(arg: str):
+    """``("b", "smol-8k")`` for an argument ``{b}/smol-8k``; None for any other argument."""
+    return tuple(arg[1:].split("}/", 1)) if arg.startswith("{") and "}/" in arg else None
+
+
 def resolve(args: List[str], roots: Dict[str, Path]) -> List[str]:
-    return [a.format(**{k: str(v) for k, v in roots.items()}) for a in args]
+    """``args`` with each ``{archive}/folder`` replaced by that folder's extracted path."""
+    return [str(roots[p[0]] / p[1]) if (p := placeholder(a)) else a for a in args]
 
 
 def compare(committed: Path, rebuilt: Path) -> List[str]:
@@ -149,10 +155,8 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         folders: Dict[str, set] = {}
         for name in names:
-            for a in REBUILDS[name][1]:
-                if a.startswith("{") and "}/" in a:
-                    key, folder = a[1:].split("}/", 1)
-                    folders.setdefault(key, set()).add(folder)
+            for key, folder in filter(None, map(placeholder, REBUILDS[name][1])):
+                folders.setdefault(key, set()).add(folder)
         roots = {k: extract(ARCHIVES[k], sorted(v), tmp / k) for k, v in folders.items()}
         out_root = Path(args.out_dir) if args.out_dir else tmp / "rebuilt"
         failed = 0

@@ -69,8 +69,16 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 # gemma-32k-all13 waits for GPU 1's queue to end and then runs on both GPUs (torchrun). Left for a
 # later session: smol-speed3-4k-alone (waits for the other queue, so its timings have the host to
 # themselves), gemma-32k-composed-fresh, and gemma-banded's 32K NIAH arms.
-QUEUE0=${QUEUE0:-smol-calibrate-4k-margin gemma-32k-all13 gemma-32k-rest}
-QUEUE1=${QUEUE1:-gemma-banded-prefill}   # Gemma arrives in parts meanwhile
+# The seventh's: gemma-32k-banded13 (the whole 32K grid on 13 tasks x 50 with the banded sliding layers,
+# on both GPUs) replaces gemma-32k-all13 and gemma-32k-rest; the seed is the calibration alone (5.6 MB),
+# which travels with the last SmolLM2 part, so the queues start one call earlier:
+#   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130e-h200x2.txz -C .gpre \
+#     runs/smol-calibrate-4k100 && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
+#   1. carry .carry/t1 .whl: `stash wheels`; 2-3. .carry/t2, t3: `stash`; 4. .carry/t4 .gpre:
+#   `stash seed join start` (TSA_BENCH_GIT_SHA, DEADLINE_S); 5. .whl524: `site524`;
+#   6-15. .carry/h1..h10: `stash` (the last `stash join status`); then `wait:N` calls.
+QUEUE0=${QUEUE0:-smol-calibrate-4k-margin gemma-32k-banded13}
+QUEUE1=${QUEUE1:-gemma-banded-check}   # Gemma arrives in parts meanwhile
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

@@ -251,6 +251,42 @@ EOF
       timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler $base \
         --method dense,tsa --sparse-layers \
         "calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json" ;;
+    gemma-banded-check)  # gemma-banded-prefill's bf16 check alone: both bf16 paths against an fp32 forward at 32K
+      # (the prefill times of both paths were measured in the fifth session, results/gemma/banded-gpu/)
+      wait_gemma || return 1
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      CUDA_VISIBLE_DEVICES=$G timeout 300 python3 scripts/check_banded_sliding.py --model $GEMMA --device cuda \
+        --dtype bf16 --reference fp32 --seq-len 32768 --atol 1 --out-dir /tmp/runs/gemma-banded-check | tail -5 ;;
+    gemma-32k-banded13)  # the whole 32K grid on all 13 tasks x 50 with Gemma's sliding layers prefilled by
+      # query chunks (--sliding-attention banded: x2.31 on the whole prefill, the same product up to rounding;
+      # the mask path's 0.7 s a sample leaves 4 arms a session). Arms in the order of their claims: dense, tau
+      # 0.005 and 0.02 in the drift layer, the calibrated profile, the other drift taus, layers 11,17, all
+      # three global layers, the composed methods. Indices 0-19 of the four NIAH tasks are the mask-path grid's
+      # samples (sample i is seeded by its index), so every arm also pairs with its mask-path twin there
+      # (scripts/compare_runs.py). Once the other queue has ended, on both GPUs with torchrun. Should the first
+      # banded run fail within two minutes, the rest runs with the mask path (the gemma-32k-all13 arms).
+      wait_gemma || return 1
+      wait_other_queue
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      local sl=banded drift="drift=results/layers/gemma3-270m-32k.json" t0 rc
+      local calib="calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json"
+      g32() {
+        timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler \
+          $RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped \
+          --sliding-attention $sl --out-dir /tmp/runs/gemma-32k-$sl "$@"
+      }
+      t0=$(date +%s)
+      g32 --method dense,tsa --tau 0.005,0.02 --sparse-layers "$drift"; rc=$?
+      if [ $rc -ne 0 ] && [ $(( $(date +%s) - t0 )) -lt 120 ]; then
+        echo "banded run failed (exit $rc): the mask path from here"; sl=mask
+        g32 --method dense,tsa --tau 0.005,0.02 --sparse-layers "$drift"
+      fi
+      g32 --method dense,tsa --sparse-layers "$calib"
+      g32 --method dense,tsa --tau 0.05,0.01,0.002 --sparse-layers "$drift"
+      g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "late=11,17"
+      g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "all=5,11,17"
+      g32 --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa \
+        --tau 0.005 --sparse-layers "$drift" ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

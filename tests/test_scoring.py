@@ -87,3 +87,55 @@ def test_triton_on_cpu_without_interpreter_is_refused(gen, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         score_window_triton(q, k, 4)
+
+
+# --- the autotuner's configs and the GPU's shared memory (found on an H200: TSA in fp32 on
+# Gemma-3, D = 256, window 128, failed with "out of resource: shared memory, Required: 262144,
+# Hardware limit: 232448" because every standard tile needs more than the limit) ---
+
+H200_SHARED = 232448
+
+
+def test_shared_bytes_is_what_triton_asked_for_on_the_h200():
+    from tsa_core.scoring.kernel import shared_bytes
+    assert shared_bytes(128, 256, 64, 2, 4) == 262144
+
+
+def _pruned(monkeypatch, dtype, block_w, block_d, limit=H200_SHARED):
+    import tsa_core.scoring.kernel as kmod
+    monkeypatch.setattr(kmod, "shared_memory_per_block", lambda device: limit)
+    q = torch.zeros(1, dtype=dtype)
+    configs = kmod._configs()
+    return configs, kmod._prune(configs, {"q_ptr": q}, BLOCK_W=block_w, BLOCK_D=block_d, GROUP=1, UPCAST=False)
+
+
+@pytest.mark.parametrize("dtype,block_d", [(torch.bfloat16, 256), (torch.float32, 128), (torch.bfloat16, 64)])
+def test_prune_keeps_the_standard_tiles_when_one_fits(monkeypatch, dtype, block_d):
+    configs, kept = _pruned(monkeypatch, dtype, 128, block_d)
+    assert kept == configs
+
+
+def test_prune_falls_back_to_narrow_tiles_that_fit(monkeypatch):
+    from tsa_core.scoring.kernel import shared_bytes
+    configs, kept = _pruned(monkeypatch, torch.float32, 128, 256)
+    assert kept and all(c not in configs for c in kept)
+    assert all(shared_bytes(128, 256, c.kwargs["BLOCK_K"], c.num_stages, 4) <= H200_SHARED for c in kept)
+    assert all(256 % c.kwargs["BLOCK_K"] == 0 for c in kept)       # whole tiles per 256-key chunk
+
+
+def test_prune_keeps_the_narrowest_tile_when_nothing_fits(monkeypatch):
+    _, kept = _pruned(monkeypatch, torch.float32, 128, 256, limit=1000)
+    assert len(kept) == 1 and kept[0].kwargs["BLOCK_K"] == 16 and kept[0].num_stages == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_matches_naive_at_gemma3_head_width_on_gpu(dtype):
+    """Gemma-3's 256-wide heads with the default 128-query window, in fp32 and bf16."""
+    gen = torch.Generator().manual_seed(3)
+    q, k = _qkv(gen, 1, 4, 1, 1000, 256, dtype)
+    q, k = q.cuda(), k.cuda()
+    ref = score_window_naive(q.float(), k.float(), 128)
+    out = score_window_triton(q, k, 128)
+    assert rms_ratio(out, ref) < (1e-4 if dtype == torch.float32 else 2e-2)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from tsa_core._checks import check_qkv, check_triton_device, interpreter_on
-from tsa_core._triton_utils import next_pow2, sm_count, upcast_loads
+from tsa_core._triton_utils import next_pow2, shared_memory_per_block, sm_count, upcast_loads
 from tsa_core.scoring.naive import check_out, check_window
 
 _LOG2E = 1.4426950408889634
@@ -153,9 +153,40 @@ def _configs():
             for bk in (64, 128) for nw in (4, 8) for ns in (2, 3)]
 
 
+# narrow key tiles, for a query window too large for the tiles above (fp32 at D = 256)
+_SMALL_CONFIGS = [triton.Config({"BLOCK_K": bk}, num_warps=4, num_stages=ns) for bk in (32, 16) for ns in (2, 1)]
+
+
+def shared_bytes(block_w: int, block_d: int, block_k: int, stages: int, elem: int) -> int:
+    """Shared memory a scoring program needs: its ``[BLOCK_W, BLOCK_D]`` query window plus
+    ``stages`` buffered ``[BLOCK_K, BLOCK_D]`` key tiles, in the inputs' element size. Triton
+    asked for exactly this (262,144 bytes) for fp32, W = 128, D = 256, BLOCK_K = 64, 2 stages on
+    an H200, whose limit is 232,448."""
+    return (block_w * block_d + stages * block_k * block_d) * elem
+
+
+def _prune(configs, named_args, **kwargs):
+    """The standard tiles, unchanged, when one of them fits the GPU's shared memory (the
+    autotuner skips those that do not); when none does (a 128-query window at D = 256 in fp32:
+    the window alone is 128 KiB), the narrow tiles that fit, else the narrowest: the autotuner
+    raises when every config it tried was out of resources."""
+    q = named_args["q_ptr"]
+    block_w = kwargs.get("BLOCK_W", named_args.get("BLOCK_W"))
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    limit = shared_memory_per_block(q.device)
+
+    def fits(c):
+        return shared_bytes(block_w, block_d, c.kwargs["BLOCK_K"], c.num_stages, q.element_size()) <= limit
+    if any(fits(c) for c in configs):
+        return list(configs)
+    small = [c for c in _SMALL_CONFIGS if fits(c)]
+    return small or [_SMALL_CONFIGS[-1]]
+
+
 _KEY = ["L_BUCKET", "D", "W", "GROUP"]
-_stats_tuned = triton.autotune(configs=_configs(), key=_KEY)(_stats_kernel)
-_probs_tuned = triton.autotune(configs=_configs(), key=_KEY)(_probs_kernel)
+_PRUNE = {"early_config_prune": _prune}
+_stats_tuned = triton.autotune(configs=_configs(), key=_KEY, prune_configs_by=_PRUNE)(_stats_kernel)
+_probs_tuned = triton.autotune(configs=_configs(), key=_KEY, prune_configs_by=_PRUNE)(_probs_kernel)
 
 
 _CHOSEN: dict = {}   # (kernel name, tuning key) -> launch options picked by the autotuner

@@ -69,16 +69,20 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 # gemma-32k-all13 waits for GPU 1's queue to end and then runs on both GPUs (torchrun). Left for a
 # later session: smol-speed3-4k-alone (waits for the other queue, so its timings have the host to
 # themselves), gemma-32k-composed-fresh, and gemma-banded's 32K NIAH arms.
-# The seventh's: gemma-32k-banded13 (the whole 32K grid on 13 tasks x 50 with the banded sliding layers,
-# on both GPUs) replaces gemma-32k-all13 and gemma-32k-rest; the seed is the calibration alone (5.6 MB),
-# which travels with the last SmolLM2 part, so the queues start one call earlier:
-#   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130e-h200x2.txz -C .gpre \
-#     runs/smol-calibrate-4k100 && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
-#   1. carry .carry/t1 .whl: `stash wheels`; 2-3. .carry/t2, t3: `stash`; 4. .carry/t4 .gpre:
-#   `stash seed join start` (TSA_BENCH_GIT_SHA, DEADLINE_S); 5. .whl524: `site524`;
-#   6-15. .carry/h1..h10: `stash` (the last `stash join status`); then `wait:N` calls.
-QUEUE0=${QUEUE0:-smol-calibrate-4k-margin gemma-32k-banded13}
-QUEUE1=${QUEUE1:-gemma-banded-check}   # Gemma arrives in parts meanwhile
+# What the sixth session ran instead (its calls 1-3 as above, then 4. .carry/t4 .gpre: `stash seed join
+# start`, 5. .whl524: `site524`, 6-15. the Gemma parts; seed = the calibration alone, 5.6 MB;
+# DEADLINE_S=1500, 26 min held): QUEUE0="smol-calibrate-4k-margin gemma-32k-banded13",
+# QUEUE1="gemma-banded-check" (gemma-32k-banded13 replaced gemma-32k-all13 and gemma-32k-rest: the banded
+# sliding layers run a 32K sample in 0.21 s instead of 0.7 s). The check failed (the scorer's tiles did
+# not fit fp32 at D = 256; fixed since) and the deadline cut gemma-32k-banded13 after 7 of its arms.
+# The seventh's: the rest of the banded 32K grid and the check; no SmolLM2, so only Gemma travels:
+#   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130f-h200x2.txz -C .gpre \
+#     runs/gemma-32k-banded && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
+#   1. carry .whl .whl524 .gpre: `wheels site524 seed`; 2-11. .carry/h1..h10: `stash` (the last
+#   `stash join start`, with TSA_BENCH_GIT_SHA and DEADLINE_S); then `wait:N` calls.
+# Left for later: smol-speed3-4k-alone (the host to itself: about 8 min of both GPUs).
+QUEUE0=${QUEUE0:-gemma-32k-banded-rest}
+QUEUE1=${QUEUE1:-gemma-banded-check}   # then gemma-32k-banded-rest takes both GPUs
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

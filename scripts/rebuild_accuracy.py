@@ -33,6 +33,7 @@ ARCHIVES = {
     "c": ACC / "runs-20261130c-h200x2.txz",     # third
     "d": ACC / "runs-20261130d-h200x2.txz",     # fourth
     "e": ACC / "runs-20261130e-h200x2.txz",     # fifth
+    "f": ACC / "runs-20261130f-h200x2.txz",     # sixth
 }
 # metrics `study` writes now that older committed files lack
 ADDED_METRICS = {"attention_speedup_untouched", "predictions_changed"}
@@ -49,6 +50,9 @@ REBUILDS: Dict[str, tuple] = {
     "gemma-32k-grid": ("accuracy-20261130T135112352Z-ecc808d1.csv",
                        ["tables", "{b}/gemma-32k", "{d}/gemma-32k", "{e}/gemma-32k-fresh", "--model-name",
                         "gemma3-270m", "--method-layers", "5,11,17"]),
+    "gemma-32k-banded-grid": ("accuracy-20261130T150502787Z-427416d5.csv",
+                              ["tables", "{f}/gemma-32k-banded", "--model-name", "gemma3-270m-banded",
+                               "--method-layers", "5,11,17"]),
     "smollm2-4k-speed": ("speed-h200/all-arms/accuracy-20261130T114923074Z-45233965.csv",
                          ["tables", "{d}/smol-speed2-4k", "--model-name", "smollm2-135m"]),
     "smollm2-8k-speed": ("speed-h200/all-arms/accuracy-20261130T114925754Z-45233965.csv",
@@ -62,6 +66,8 @@ REBUILDS: Dict[str, tuple] = {
                           "--model-name", "gemma3-270m"]),
     "gemma-4k-16k-layers": ("layers/layers-20261130T132921847Z-dadccfb4.csv",
                             ["layers", "{e}/gemma-all", "--model-name", "gemma3-270m"]),
+    "gemma-32k-banded-layers": ("layers/layers-20261130T150505967Z-427416d5.csv",
+                                ["layers", "{f}/gemma-32k-banded", "--model-name", "gemma3-270m-banded"]),
     "smollm2-4k-sensitivity": ("sensitivity-20261130T092443390Z-c5d8fd3a.csv",
                                ["sensitivity", "{a}/smol-sens", "--drift", "results/layers/smollm2-135m-4k.json",
                                 "--model-name", "smollm2-135m"]),

@@ -74,6 +74,18 @@ gemma_composed() {  # DIR: dense, FlexPrefill, XAttention, MInference alone and 
     --out-dir "$1"
 }
 
+g32() {  # [RULER FLAGS ...]: Gemma 32K, 13 tasks x N, on every GPU of the host (torchrun), sliding layers
+  # by $sl (banded unless set), into /tmp/runs/gemma-32k-$sl; the clock before and after goes to the log
+  # (the sixth session's invocations spent about 3 min each before their first new arm, not yet located)
+  echo "g32 start $(date -u +%T): $*"
+  timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler \
+    $RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped \
+    --sliding-attention "${sl:-banded}" --out-dir "/tmp/runs/gemma-32k-${sl:-banded}" "$@"
+  local rc=$?
+  echo "g32 end $(date -u +%T) (exit $rc)"
+  return $rc
+}
+
 job() {
   local name=$1
   case "$name" in
@@ -268,13 +280,9 @@ EOF
       wait_gemma || return 1
       wait_other_queue
       export PYTHONPATH=.:/tmp/site524:/tmp/site
-      local sl=banded drift="drift=results/layers/gemma3-270m-32k.json" t0 rc
+      local drift="drift=results/layers/gemma3-270m-32k.json" t0 rc
+      sl=banded
       local calib="calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json"
-      g32() {
-        timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler \
-          $RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped \
-          --sliding-attention $sl --out-dir /tmp/runs/gemma-32k-$sl "$@"
-      }
       t0=$(date +%s)
       g32 --method dense,tsa --tau 0.005,0.02 --sparse-layers "$drift"; rc=$?
       if [ $rc -ne 0 ] && [ $(( $(date +%s) - t0 )) -lt 120 ]; then
@@ -287,6 +295,15 @@ EOF
       g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "all=5,11,17"
       g32 --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa \
         --tau 0.005 --sparse-layers "$drift" ;;
+    gemma-32k-banded-rest)  # gemma-32k-banded13's arms the sixth session's deadline cut (it ran dense, the five
+      # drift taus and the calibrated profile): the five taus in layers 11,17 and in all three global layers in
+      # one launch (each launch costs minutes before its first arm), then the composed methods
+      wait_gemma || return 1
+      wait_other_queue
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "late=11,17;all=5,11,17"
+      g32 --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa \
+        --tau 0.005 --sparse-layers "drift=results/layers/gemma3-270m-32k.json" ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

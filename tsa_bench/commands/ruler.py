@@ -994,12 +994,22 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
 
     arms = arms_of(args)
     first = arm_args(args, arms[0])
-    if world.distributed and not world.is_main:
-        D.barrier(world)                    # rank 0 generates (and caches) the samples first
+    t_launch = time.perf_counter()
+
+    def phase(what: str) -> None:           # where a launch's time goes, on rank 0's stderr
+        if world.is_main:
+            print(f"[ruler +{time.perf_counter() - t_launch:.1f} s] {what}", file=sys.stderr, flush=True)
+
+    # every rank loads its model and tokenizer at once; then rank 0 generates (and caches) the
+    # samples while the others wait, and they read its cache
     model, tok, template, gen = setup(first, device, need_model=not args.generate_only)
+    phase("model and tokenizer loaded" if not args.generate_only else "tokenizer loaded")
+    if world.distributed and not world.is_main:
+        D.barrier(world)
     gen.generate(tasks, lengths, args.num_samples, progress=not args.no_progress and world.is_main, keep=False)
     if world.distributed and world.is_main:
         D.barrier(world)
+    phase("samples generated or read from the cache" + (" (every rank)" if world.distributed else ""))
     if args.generate_only:
         for L in lengths:
             for t in tasks:
@@ -1024,6 +1034,7 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
         key_parts, identity, key = run_identity(margs, gen, template, model=model, engine=engine_key(engine))
         plog, pred_path = _shared_log(margs, out_dir, key, world)
         D.barrier(world)                    # every rank has read the files before any appends
+        phase(f"{arm.label()}: {len(plog.done)} predictions already there")
         timings: Dict[int, Timing] = {}
         order: List[str] = []
         stats_fn = tsa_stats_fn(model)
@@ -1044,6 +1055,7 @@ def _run_loaded(args, tasks, lengths, device, world) -> int:
         finally:
             plog.close()
         timings = _gather_timings(timings, world)
+        phase(f"{arm.label()}: samples run (warm-up included)")
         if not world.is_main:
             continue
         if world.distributed:

@@ -76,7 +76,7 @@ gemma_composed() {  # DIR: dense, FlexPrefill, XAttention, MInference alone and 
 
 g32() {  # [RULER FLAGS ...]: Gemma 32K, 13 tasks x N, on every GPU of the host (torchrun), sliding layers
   # by $sl (banded unless set), into /tmp/runs/gemma-32k-$sl; the clock before and after goes to the log
-  # (the sixth session's invocations spent about 3 min each before their first new arm, not yet located)
+  # (the sixth session's launches spent about 3 min each before their first new arm; the ruler now logs its phases)
   echo "g32 start $(date -u +%T): $*"
   timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler \
     $RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped \

@@ -483,3 +483,50 @@ def test_untouched_layers_of_a_composed_arm_exclude_the_methods_layers(tmp_path,
         assert value(df, setting, "attention_speedup_untouched").value == pytest.approx(1.0)
     rc, _, _, df = tables(capsys, tmp_path / "every", run)           # without --method-layers: every layer
     assert rc == 0 and df[df.metric == "attention_speedup_untouched"].empty
+
+
+def test_twins_pair_each_arm_with_the_same_setting_in_other_runs(tmp_path, capsys):
+    """Known answer. The reference run ("mask") has dense and TSA on samples 0-1 of both tasks;
+    the run under test ("banded") on samples 0-2 (the third is no twin's) plus an arm the
+    reference lacks. Banded dense answers "y" on one sample with the same score and "z" on
+    another with score 0 where the mask path had 1: 2 predictions and 1 score differ of 4
+    common; score 75 against 100 -> diff -25. Banded TSA equals its twin: 0 / 0 and diff 0
+    exactly. The arm without a twin is named on stderr and gets no rows."""
+    ref, run = tmp_path / "mask", tmp_path / "banded"
+    make_arm(ref, [rec(t, i, 1) for t in TASKS for i in range(2)], method="dense", run_key="maskdense000")
+    make_arm(ref, [rec(t, i, 1) for t in TASKS for i in range(2)], method="tsa", tau=0.005, layers="drift",
+             sparse_layers=(3,), run_key="masktsa00000")
+    dense = [rec(t, i, 1) for t in TASKS for i in range(3)]
+    dense[0]["pred"] = "y"                                    # niah_single_1 #0: same score
+    dense[1]["pred"], dense[1]["score"] = "z", 0.0            # niah_single_1 #1: score 1 -> 0
+    make_arm(run, dense, method="dense", run_key="bandense0000")
+    make_arm(run, [rec(t, i, 1) for t in TASKS for i in range(3)], method="tsa", tau=0.005, layers="drift",
+             sparse_layers=(3,), run_key="bandtsa00000")
+    make_arm(run, [rec(t, i, 1) for t in TASKS for i in range(3)], method="tsa", tau=0.02, layers="drift",
+             sparse_layers=(3,), run_key="bandtsa20000")
+    out = tmp_path / "twins.csv"
+    rc, stdout, stderr = study(capsys, "twins", str(run), "--against", str(ref), "--out", str(out), "--print")
+    assert rc == 0
+    assert "tsa tau=0.02 drift at 4k: no twin in --against" in stderr
+    df = pd.read_csv(out)
+    assert set(df.setting) == {"dense", "tsa tau=0.005 drift"}
+    assert (value(df, "dense", "predictions_differ").value, value(df, "dense", "predictions_differ").n) == (2, 4)
+    assert value(df, "dense", "scores_differ").value == 1
+    assert value(df, "dense", "score_twin").value == 100.0
+    # mean over the two tasks of the per-task means: niah_single_1 1/2 = 50 %, vt 100 %
+    assert value(df, "dense", "score").value == 75.0
+    d = value(df, "dense", "score_diff")
+    assert d.value == -25.0 and d.lo <= -25.0 <= d.hi and d.twin_run_key == "maskdense000"
+    t = value(df, "tsa tau=0.005 drift", "score_diff")
+    assert (t.value, t.lo, t.hi) == (0.0, 0.0, 0.0)
+    assert value(df, "tsa tau=0.005 drift", "predictions_differ").value == 0
+    assert "dense" in stdout and "-25.00" in stdout
+
+
+def test_twins_refuses_two_reference_runs_of_one_setting(tmp_path, capsys):
+    ref, run = tmp_path / "mask", tmp_path / "banded"
+    make_arm(ref, [rec(t, 0, 1) for t in TASKS], method="dense", run_key="aaaaaaaaaaaa")
+    make_arm(ref, [rec(t, 0, 1) for t in TASKS], method="dense", run_key="bbbbbbbbbbbb")
+    make_arm(run, [rec(t, 0, 1) for t in TASKS], method="dense", run_key="cccccccccccc")
+    rc, _, stderr = study(capsys, "twins", str(run), "--against", str(ref), "--out", str(tmp_path / "t.csv"))
+    assert rc != 0 and "two runs of setting 'dense'" in stderr

@@ -95,6 +95,14 @@ def add_arguments(p) -> None:
                                      "common samples), its speedup against dense, and for a '<method>+tsa' arm its "
                                      "speedup against the '<method>' arm of the same run (what TSA adds on top).")
     lay.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="ruler output folders (or ruler CSVs)")
+    twins = sub.add_parser("twins", help="every arm against its twin (same setting and length) in other runs",
+                           description="Pair every arm of RUN_DIR with the arm of the same setting and length in the "
+                                       "--against runs (the same grid under another engine, attention path or "
+                                       "session) on the samples both answered: predictions and scores that "
+                                       "differ, and the paired score difference (RUN_DIR - twin).")
+    twins.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the runs under test (ruler folders or CSVs)")
+    twins.add_argument("--against", nargs="+", required=True, metavar="RUN_DIR",
+                       help="the reference runs, e.g. the same arms with --sliding-attention mask")
     best = sub.add_parser("best", help="per model and length, the fastest setting within --max-drop of dense",
                           description="Read accuracy CSVs (written by `study tables`) and print, per model and "
                                       "length, the fastest setting other than dense whose score is within "
@@ -108,7 +116,7 @@ def add_arguments(p) -> None:
     best.add_argument("--speed", choices=["attention", "ttft", "sparsity"], default="attention",
                       help="what fastest means: attention speedup of the sparse layers (default), TTFT speedup, "
                            "or attention-map sparsity")
-    for q in (tables, sens, lay):
+    for q in (tables, sens, lay, twins):
         q.add_argument("--model-name", default=None,
                        help="model name in the rows (e.g. smollm2-135m; default: the runs' --model); the runs "
                             "must then hold one model")
@@ -549,6 +557,8 @@ def command_line(args) -> str:
     parts = ["tsa-bench", "study", args.study_command, *args.run_dirs]
     if getattr(args, "drift", None):
         parts += ["--drift", args.drift]
+    if getattr(args, "against", None):
+        parts += ["--against", *args.against]
     for flag, val in (("--model-name", args.model_name), ("--out", args.out)):
         if val is not None:
             parts += [flag, val]
@@ -986,6 +996,79 @@ def run_layers(args) -> int:
     return _write(args, "layers", _config(args, groups), rows, summary)
 
 
+# --------------------------------------------------------------------------- study twins
+
+def twin_rows(tested: Sequence[ArmRun], reference: Sequence[ArmRun], model_name: Optional[str], *,
+              n_resamples: int, seed: int, confidence: float, log=_stderr) -> Tuple[List[dict], List[str]]:
+    """(tidy rows, summary lines) of ``study twins``: per arm of ``tested`` and length, against
+    the ``reference`` arm of the same setting and length on their common samples (task "all"):
+    ``predictions_differ`` and ``scores_differ`` (counts, ``n`` = common samples), ``score`` of
+    each side (``score_twin`` for the reference) and ``score_diff`` = tested - reference with its
+    paired bootstrap interval. The twin is named in ``twin_run_key`` / ``twin_predictions``."""
+    from tsa_bench.analysis.paired import compare
+    from tsa_bench.results import row
+
+    twin: Dict[Tuple[str, int], ArmRun] = {}
+    for a in reference:
+        for L in a.seq_lens:
+            if (a.setting, L) in twin:
+                raise UsageError(f"--against: two runs of setting {a.setting!r} at length {L} (run keys "
+                                 f"{twin[(a.setting, L)].run_key} and {a.run_key}); give only one of them")
+            twin[(a.setting, L)] = a
+    rows: List[dict] = []
+    lines = []
+    for b in tested:
+        for L in b.seq_lens:
+            a = twin.get((b.setting, L))
+            if a is None:
+                log(f"{b.setting} at {_fmt_len(L)}: no twin in --against")
+                continue
+            ra, rb = a.at(L), b.at(L)
+            common = sorted(set(ra) & set(rb))
+            if not common:
+                log(f"{b.setting} at {_fmt_len(L)}: no sample in both runs")
+                continue
+            differ = sum(ra[i].get("pred") != rb[i].get("pred") for i in common)
+            scores = sum(ra[i].get("score") != rb[i].get("score") for i in common)
+            t = compare([ra[i] for i in common], [rb[i] for i in common], name=b.setting, n_resamples=n_resamples,
+                        seed=seed, confidence=confidence)
+            r = t[(t.task == "all") & (t.seq_len == L)].iloc[0]
+            core, extra = _split_identity(_identity(b, model_name or b.model))
+            where = dict(task="all", seq_len=L, **core)
+            extra = {**extra, "twin_run_key": a.run_key, "twin_predictions": str(a.predictions)}
+            n = len(common)
+            rows += [{**row("predictions_differ", differ, n=n, **where), **extra},
+                     {**row("scores_differ", scores, n=n, **where), **extra},
+                     {**row("score", _r(r["score"]), lo=_r(r["score_lo"]), hi=_r(r["score_hi"]), n=n, **where), **extra},
+                     {**row("score_twin", _r(r["baseline"]), lo=_r(r["baseline_lo"]), hi=_r(r["baseline_hi"]), n=n,
+                            **where), **extra},
+                     {**row("score_diff", _r(r["diff"]), lo=_r(r["diff_lo"]), hi=_r(r["diff_hi"]), n=n, **where),
+                      **extra}]
+            lines.append([b.setting, _fmt_len(L), str(n), str(differ), str(scores), _num(r["baseline"], ".2f"),
+                          _num(r["score"], ".2f"), f"{_num(r['diff'], '+.2f')} [{_num(r['diff_lo'], '+.2f')}, "
+                                                   f"{_num(r['diff_hi'], '+.2f')}]"])
+    summary = [f"every arm against its twin; diff = run - twin [paired {confidence:.0%} bootstrap]",
+               _fmt_table(["setting", "length", "common", "preds differ", "scores differ", "twin", "run", "diff"],
+                          lines)]
+    return rows, summary
+
+
+def run_twins(args) -> int:
+    _check_stats_args(args)
+    tested, reference = find_arms(args.run_dirs), find_arms(args.against)
+    if args.dry_run:
+        for b in tested:
+            print(f"{b.setting}: run {b.run_key}, lengths {', '.join(_fmt_len(L) for L in b.seq_lens)}")
+        return 0
+    rows, summary = twin_rows(tested, reference, args.model_name, n_resamples=args.resamples, seed=args.seed,
+                              confidence=args.confidence)
+    if not rows:
+        raise UsageError("no arm has a twin (same setting and length) with common samples in --against")
+    config = dict(command=command_line(args), run_dirs=list(args.run_dirs), against=list(args.against),
+                  resamples=args.resamples, seed=args.seed, confidence=args.confidence)
+    return _write(args, "twins", config, rows, summary)
+
+
 # --------------------------------------------------------------------------- study best
 
 def run_best(args) -> int:
@@ -1026,6 +1109,8 @@ def run(args) -> int:
         return run_best(args)
     if getattr(args, "study_command", None) == "layers":
         return run_layers(args)
+    if getattr(args, "study_command", None) == "twins":
+        return run_twins(args)
     raise UsageError("choose a subcommand: `tsa-bench study tables RUN_DIR ...`, "
-                     "`tsa-bench study sensitivity RUN_DIR ... --drift PROFILE`, `tsa-bench study layers RUN_DIR ...` "
-                     "or `tsa-bench study best [CSV ...]`")
+                     "`tsa-bench study sensitivity RUN_DIR ... --drift PROFILE`, `tsa-bench study layers RUN_DIR ...`, "
+                     "`tsa-bench study twins RUN_DIR ... --against RUN_DIR ...` or `tsa-bench study best [CSV ...]`")

@@ -37,7 +37,7 @@ ARCHIVES = {
 }
 # metrics `study` writes now that older committed files lack
 ADDED_METRICS = {"attention_speedup_untouched", "predictions_changed"}
-# name -> (committed CSV relative to results/accuracy, study subcommand and arguments)
+# name -> (committed CSV, its path relative to results/accuracy, study subcommand and arguments)
 REBUILDS: Dict[str, tuple] = {
     "smollm2-4k-grid": ("accuracy-20261130T135159679Z-2a1d13ed.csv",
                         ["tables", "{b}/smol-4k-fast", "{c}/smol-4k-fast", "{d}/smol-4k-fast",
@@ -68,6 +68,9 @@ REBUILDS: Dict[str, tuple] = {
                             ["layers", "{e}/gemma-all", "--model-name", "gemma3-270m"]),
     "gemma-32k-banded-layers": ("layers/layers-20261130T150505967Z-427416d5.csv",
                                 ["layers", "{f}/gemma-32k-banded", "--model-name", "gemma3-270m-banded"]),
+    "gemma-32k-banded-vs-mask": ("../gemma/banded-vs-mask/twins-20261130T155224912Z-f5a0166e.csv",
+                                 ["twins", "{f}/gemma-32k-banded", "--against", "{b}/gemma-32k", "{d}/gemma-32k",
+                                  "{e}/gemma-32k-fresh", "--model-name", "gemma3-270m-banded"]),
     "smollm2-4k-sensitivity": ("sensitivity-20261130T092443390Z-c5d8fd3a.csv",
                                ["sensitivity", "{a}/smol-sens", "--drift", "results/layers/smollm2-135m-4k.json",
                                 "--model-name", "smollm2-135m"]),
@@ -76,7 +79,7 @@ REBUILDS: Dict[str, tuple] = {
                                "--model-name", "gemma3-270m"]),
 }
 NOT_COMPARED = {"timestamp", "git_sha", "git_dirty", "gpu", "cuda", "torch", "triton", "transformers", "python",
-                "host", "config", "predictions"}
+                "host", "config", "predictions", "twin_predictions"}
 VALUES = ["value", "lo", "hi", "n"]
 
 

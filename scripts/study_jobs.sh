@@ -86,6 +86,14 @@ g32() {  # [RULER FLAGS ...]: Gemma 32K, 13 tasks x N, on every GPU of the host 
   return $rc
 }
 
+g32_rest() {  # the 32K grid's arms after the drift layer's and the calibrated one: the five taus in layers
+  # 11,17 and in all three global layers in one launch (each launch costs minutes before its first arm),
+  # then the composed methods (the sixth session ran gemma-32k-banded13 with these as three launches)
+  g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "late=11,17;all=5,11,17"
+  g32 --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa \
+    --tau 0.005 --sparse-layers "drift=results/layers/gemma3-270m-32k.json"
+}
+
 job() {
   local name=$1
   case "$name" in
@@ -291,19 +299,13 @@ EOF
       fi
       g32 --method dense,tsa --sparse-layers "$calib"
       g32 --method dense,tsa --tau 0.05,0.01,0.002 --sparse-layers "$drift"
-      g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "late=11,17"
-      g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "all=5,11,17"
-      g32 --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa \
-        --tau 0.005 --sparse-layers "$drift" ;;
+      g32_rest ;;
     gemma-32k-banded-rest)  # gemma-32k-banded13's arms the sixth session's deadline cut (it ran dense, the five
-      # drift taus and the calibrated profile): the five taus in layers 11,17 and in all three global layers in
-      # one launch (each launch costs minutes before its first arm), then the composed methods
+      # drift taus and the calibrated profile): g32_rest, on both GPUs once the other queue has ended
       wait_gemma || return 1
       wait_other_queue
       export PYTHONPATH=.:/tmp/site524:/tmp/site
-      g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "late=11,17;all=5,11,17"
-      g32 --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa \
-        --tau 0.005 --sparse-layers "drift=results/layers/gemma3-270m-32k.json" ;;
+      g32_rest ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

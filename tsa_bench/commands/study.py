@@ -1036,15 +1036,11 @@ def twin_rows(tested: Sequence[ArmRun], reference: Sequence[ArmRun], model_name:
             core, extra = _split_identity(_identity(b, model_name or b.model))
             where = dict(task="all", seq_len=L, **core)
             extra = {**extra, "twin_run_key": a.run_key, "twin_predictions": str(a.predictions)}
-            n = len(common)
-            rows += [{**row("predictions_differ", differ, n=n, **where), **extra},
-                     {**row("scores_differ", scores, n=n, **where), **extra},
-                     {**row("score", _r(r["score"]), lo=_r(r["score_lo"]), hi=_r(r["score_hi"]), n=n, **where), **extra},
-                     {**row("score_twin", _r(r["baseline"]), lo=_r(r["baseline_lo"]), hi=_r(r["baseline_hi"]), n=n,
-                            **where), **extra},
-                     {**row("score_diff", _r(r["diff"]), lo=_r(r["diff_lo"]), hi=_r(r["diff_hi"]), n=n, **where),
-                      **extra}]
-            lines.append([b.setting, _fmt_len(L), str(n), str(differ), str(scores), _num(r["baseline"], ".2f"),
+            stats = [("predictions_differ", differ, None, None), ("scores_differ", scores, None, None)]
+            stats += [(metric, _r(r[col]), _r(r[col + "_lo"]), _r(r[col + "_hi"]))
+                      for metric, col in (("score", "score"), ("score_twin", "baseline"), ("score_diff", "diff"))]
+            rows += [{**row(metric, v, lo=lo, hi=hi, n=len(common), **where), **extra} for metric, v, lo, hi in stats]
+            lines.append([b.setting, _fmt_len(L), str(len(common)), str(differ), str(scores), _num(r["baseline"], ".2f"),
                           _num(r["score"], ".2f"), f"{_num(r['diff'], '+.2f')} [{_num(r['diff_lo'], '+.2f')}, "
                                                    f"{_num(r['diff_hi'], '+.2f')}]"])
     summary = [f"every arm against its twin; diff = run - twin [paired {confidence:.0%} bootstrap]",

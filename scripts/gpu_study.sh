@@ -78,11 +78,12 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 # The seventh's: the rest of the banded 32K grid and the check; no SmolLM2, so only Gemma travels:
 #   rm -rf .gpre && mkdir .gpre && tar xJf results/accuracy/runs-20261130f-h200x2.txz -C .gpre \
 #     runs/gemma-32k-banded && mv .gpre/runs/* .gpre/ && rmdir .gpre/runs
-#   1. carry .whl .whl524 .gpre: `wheels site524 seed`; 2-11. .carry/h1..h10: `stash` (the last
-#   `stash join start`, with TSA_BENCH_GIT_SHA and DEADLINE_S); then `wait:N` calls.
+#   1. carry .whl .whl524 .gpre: `wheels site524 seed gputests`; 2-11. .carry/h1..h10: `stash` (the last
+#   `stash join start`, with TSA_BENCH_GIT_SHA and DEADLINE_S); then `wait:N` calls. The check runs on
+#   GPU 1 beside the grid's one torchrun launch (g32_rest: 16 arms, about 90 s each on two H200s).
 # Left for later: smol-speed3-4k-alone (the host to itself: about 8 min of both GPUs).
 QUEUE0=${QUEUE0:-gemma-32k-banded-rest}
-QUEUE1=${QUEUE1:-gemma-banded-check}   # then gemma-32k-banded-rest takes both GPUs
+QUEUE1=${QUEUE1:-gemma-banded-check}   # beside gemma-32k-banded-rest, which takes both GPUs at once
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs
@@ -146,6 +147,14 @@ PYEOF
     kcheck) # the sparse methods at Gemma-3's 256-wide heads on this GPU, before the Gemma jobs use them
            TRITON_INTERPRET=0 timeout 240 python3 -m pytest -q -m gpu tests/test_sparse_methods.py \
              tests/test_sparse_block_kernel.py -k "gemma3 or D256" 2>&1 | tail -6 ;;
+    gputests) # every GPU-marked test (no model needed), in the background on GPU 0 while the model parts
+           # arrive (the queues wait for the model); from a copy of this tree, log in /tmp/jobs/gputests.log
+           rm -rf /tmp/gt && mkdir -p /tmp/gt /tmp/jobs
+           tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.whl524 --exclude=./.gpre --exclude=./.git . \
+             | tar xf - -C /tmp/gt
+           (cd /tmp/gt && PYTHONPATH=.:/tmp/site524:/tmp/site CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 setsid nohup timeout "${GPUTESTS_S:-150}" \
+             python3 -m pytest -q -m gpu -p no:cacheprovider tests > /tmp/jobs/gputests.log 2>&1 < /dev/null &)
+           echo "GPU tests started (log /tmp/jobs/gputests.log)" ;;
     resnap) # a fix made during the session: the packages only (a running queue reads its own script)
            [ -d /tmp/repo ] && cp -r tsa_core tsa_bench /tmp/repo/ && echo "packages copied into /tmp/repo" ;;
     status) ls -la /tmp/jobs /tmp/runs 2>/dev/null; tail -n 5 /tmp/jobs/*.log 2>/dev/null ;;

@@ -86,12 +86,15 @@ g32() {  # [RULER FLAGS ...]: Gemma 32K, 13 tasks x N, on every GPU of the host 
   return $rc
 }
 
-g32_rest() {  # the 32K grid's arms after the drift layer's and the calibrated one: the five taus in layers
-  # 11,17 and in all three global layers in one launch (each launch costs minutes before its first arm),
-  # then the composed methods (the sixth session ran gemma-32k-banded13 with these as three launches)
-  g32 --method dense,tsa --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "late=11,17;all=5,11,17"
-  g32 --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa \
-    --tau 0.005 --sparse-layers "drift=results/layers/gemma3-270m-32k.json"
+g32_rest() {  # the 32K grid's arms after the drift layer's and the calibrated one, in one launch (the sixth
+  # session's launches spent about 3 min each before their first arm): the composed methods, then the
+  # five taus in layers 11,17 and in all three global layers, each tau in both sets before the next,
+  # so a deadline cuts the least telling arms (tau 0.002 and 0.01) first
+  local m="dense,flexprefill,flexprefill+tsa@drift:0.005,xattention,xattention+tsa@drift:0.005"
+  m="$m,minference,minference+tsa@drift:0.005"
+  local t
+  for t in 0.005 0.02 0.05 0.01 0.002; do m="$m,tsa@late:$t,tsa@all:$t"; done
+  g32 --method "$m" --sparse-layers "late=11,17;all=5,11,17;drift=results/layers/gemma3-270m-32k.json"
 }
 
 job() {
@@ -301,9 +304,10 @@ EOF
       g32 --method dense,tsa --tau 0.05,0.01,0.002 --sparse-layers "$drift"
       g32_rest ;;
     gemma-32k-banded-rest)  # gemma-32k-banded13's arms the sixth session's deadline cut (it ran dense, the five
-      # drift taus and the calibrated profile): g32_rest, on both GPUs once the other queue has ended
+      # drift taus and the calibrated profile): g32_rest on both GPUs at once. The other queue's
+      # gemma-banded-check runs beside it on GPU 1: most of its 3 min is loading the model twice on the
+      # CPU, while this launch loads too; its forwards (seconds) may overlap the first arm's samples there
       wait_gemma || return 1
-      wait_other_queue
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       g32_rest ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)

@@ -58,6 +58,34 @@ def test_arms_cross_taus_and_layer_sets_for_tsa_methods_only():
     assert (a.tau, a.sparse_layers, a.layers_label) == (0.002, "half", "half")
 
 
+def test_method_qualifiers_pick_one_layer_set_or_tau():
+    """``tsa@late`` runs only the set named late (every tau), ``x+tsa@drift:0.005`` only that
+    set and tau (a tau outside --tau too), an arm named twice runs once, in first-named order."""
+    a = _args("dense,tsa@late,flexprefill,flexprefill+tsa@drift:0.005,tsa:0.3,tsa@late",
+              "0.02,0.05", "late=11,17;all=5,11,17;drift=17")
+    assert [x.label() for x in R.arms_of(a)] == [
+        "dense", "tsa tau=0.02 late", "tsa tau=0.05 late", "flexprefill", "flexprefill+tsa tau=0.005 drift",
+        "tsa tau=0.3 late", "tsa tau=0.3 all", "tsa tau=0.3 drift"]    # tsa:0.3: that tau in every set
+    arms = R.arms_of(a)
+    assert arms[4] == R.Arm("flexprefill+tsa", 0.005, "17", "drift")
+    assert R.methods_of(a) == ["dense", "tsa", "flexprefill", "flexprefill+tsa"]
+    # the plain form is unchanged: the whole cross product
+    plain = _args("dense,tsa", "0.02,0.05", "late=11,17;drift=17")
+    assert len(R.arms_of(plain)) == 5
+
+
+@pytest.mark.parametrize("method, msg", [
+    ("dense@late", "only a TSA method"), ("xattention:0.1", "only a TSA method"),
+    ("tsa@nope", "no layer set named 'nope'"), ("tsa:2", "each tau must be in"), ("tsa:x", "is not a number"),
+    ("tsa:", "empty"), ("@late", "names no method"), (" , ", "--method is empty"),
+], ids=["dense-set", "backend-tau", "unknown-set", "tau-range", "tau-nan", "tau-empty", "no-method", "empty"])
+def test_method_qualifiers_refuse_bad_items(method, msg):
+    a = _args("dense", None, "late=11,17")
+    a.method = method
+    with pytest.raises(UsageError, match=msg):
+        R.arms_of(a)
+
+
 def test_a_dropped_row_variant_is_its_own_setting():
     # study pairs arms by setting: the --dropped variant must not share the plain arm's label
     a = _args("dense,tsa", "0.005", "drift=3,4")
@@ -111,6 +139,12 @@ def test_cli_runs_every_arm_on_the_same_samples(tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().err.count("1 already scored") == 5
+    # an arm picked by a qualifier is the same run (same key): it resumes too, and runs alone
+    pick = args[:args.index("--method") + 1] + ["dense,tsa@last:0.6"] + args[args.index("--method") + 2:]
+    assert main(pick) == 0
+    err = capsys.readouterr().err
+    assert err.count("1 already scored") == 2 and "== [2/2] tsa tau=0.6 last" in err
+    assert len(list((out / "preds").glob("*.jsonl"))) == 5
 
 
 def test_keep_models_loads_once_across_runs(tmp_path, monkeypatch, capsys):

@@ -65,7 +65,8 @@ def add_model_arguments(p) -> None:
                         "when every length is <= 8k, else gemma3-270m up to 32k)")
     p.add_argument("--method", default="tsa",
                    help="dense | tsa | <backend> | <backend>+tsa, or a comma list run one after the other on the "
-                        "same samples with the model loaded once (default tsa)")
+                        "same samples with the model loaded once (default tsa); in ruler a TSA method may name "
+                        "one layer set of --sparse-layers and/or one tau: tsa@late, xattention+tsa@drift:0.005")
     p.add_argument("--tau", default=None,
                    help="TSA token coverage (default: the tau saved in the --sparse-layers profile, else the "
                         "preset's, else 0.005); ruler takes a comma list, each TSA method then runs once per tau")
@@ -665,16 +666,56 @@ class Arm:
         return " ".join(parts)
 
 
+def method_items(args) -> List[Tuple[str, Optional[str], Optional[float]]]:
+    """``--method`` as ``[(method, layer set, tau)]``. An item is ``METHOD``, or for a TSA
+    method ``METHOD@SET``, ``METHOD:TAU`` or ``METHOD@SET:TAU``: only that layer set of
+    ``--sparse-layers`` (by its name) and only that tau. ``None`` leaves the crossing of the
+    lists in place. A qualifier on a method without TSA, an unknown set or a bad tau is a
+    UsageError."""
+    items: List[Tuple[str, Optional[str], Optional[float]]] = []
+    names = [label for label, _ in getattr(args, "layer_sets", [("", None)])]
+    for raw in str(args.method).split(","):
+        text = raw.strip().lower()
+        if not text:
+            continue
+        rest, colon, tau_text = text.partition(":")
+        method, at, set_name = rest.partition("@")
+        method, set_name = method.strip(), set_name.strip()
+        if not method:
+            raise UsageError(f"--method: {raw.strip()!r} names no method")
+        if (at or colon) and not uses_tsa(method):
+            raise UsageError(f"--method: {raw.strip()!r}: only a TSA method (tsa, <backend>+tsa) takes "
+                             "@SET or :TAU")
+        if at and set_name not in names:
+            known = ", ".join(repr(n) for n in names if n) or "none (give --sparse-layers 'name=spec;...')"
+            raise UsageError(f"--method: {raw.strip()!r}: no layer set named {set_name!r} in --sparse-layers "
+                             f"(named sets: {known})")
+        tau = parse_taus(tau_text.strip(), flag=f"--method {raw.strip()!r}", zero=False)[0] if colon else None
+        item = (method, set_name if at else None, tau)
+        if item not in items:
+            items.append(item)
+    if not items:
+        raise UsageError("--method is empty")
+    return items
+
+
 def arms_of(args) -> List[Arm]:
-    """Every (method, tau, layer set) the command runs, in order: each method of ``--method``;
-    a TSA method once per layer set and per tau (sets outer), any other method once."""
+    """Every (method, tau, layer set) the command runs, in order: each item of ``--method``;
+    a TSA method once per layer set and per tau (sets outer), or only the set / tau its
+    ``@SET`` / ``:TAU`` names (:func:`method_items`), any other method once. An arm named twice
+    runs once."""
     out: List[Arm] = []
-    for m in methods_of(args):
+    dropped = getattr(args, "dropped", "zero")
+    for m, only_set, only_tau in method_items(args):
         if uses_tsa(m):
             for label, spec in args.layer_sets:
-                for tau in args.tau_list:
-                    out.append(Arm(m, tau, spec, label, getattr(args, "dropped", "zero")))
-        else:
+                if only_set is not None and label != only_set:
+                    continue
+                for tau in ([only_tau] if only_tau is not None else args.tau_list):
+                    arm = Arm(m, tau, spec, label, dropped)
+                    if arm not in out:
+                        out.append(arm)
+        elif Arm(m) not in out:
             out.append(Arm(m))
     return out
 
@@ -921,10 +962,7 @@ def run(args) -> int:
 
 def methods_of(args) -> List[str]:
     """``--method`` as a list (a comma list runs each method on the same samples)."""
-    methods = [m.strip().lower() for m in str(args.method).split(",") if m.strip()]
-    if not methods:
-        raise UsageError("--method is empty")
-    return list(dict.fromkeys(methods))
+    return list(dict.fromkeys(m for m, _, _ in method_items(args)))
 
 
 def _model_name(args) -> str:

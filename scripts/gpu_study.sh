@@ -147,13 +147,15 @@ PYEOF
     kcheck) # the sparse methods at Gemma-3's 256-wide heads on this GPU, before the Gemma jobs use them
            TRITON_INTERPRET=0 timeout 240 python3 -m pytest -q -m gpu tests/test_sparse_methods.py \
              tests/test_sparse_block_kernel.py -k "gemma3 or D256" 2>&1 | tail -6 ;;
-    gputests) # every GPU-marked test (no model needed), in the background on GPU 0 while the model parts
-           # arrive (the queues wait for the model); from a copy of this tree, log in /tmp/jobs/gputests.log
+    gputests) # the scorer's and the kernels' GPU-marked tests (no model needed; about 80 s), in the background
+           # on GPU 0 while the model parts arrive (the queues wait for the model); from a copy of this tree,
+           # log in /tmp/jobs/gputests.log (the seventh session ran every GPU-marked test: 150 s cut it short)
            rm -rf /tmp/gt && mkdir -p /tmp/gt /tmp/jobs
            tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.whl524 --exclude=./.gpre --exclude=./.git . \
              | tar xf - -C /tmp/gt
            (cd /tmp/gt && PYTHONPATH=.:/tmp/site524:/tmp/site CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 setsid nohup timeout "${GPUTESTS_S:-150}" \
-             python3 -m pytest -q -m gpu -p no:cacheprovider tests > /tmp/jobs/gputests.log 2>&1 < /dev/null &)
+             python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_scoring.py tests/test_gpu_kernels.py \
+             > /tmp/jobs/gputests.log 2>&1 < /dev/null &)
            echo "GPU tests started (log /tmp/jobs/gputests.log)" ;;
     resnap) # a fix made during the session: the packages only (a running queue reads its own script)
            [ -d /tmp/repo ] && cp -r tsa_core tsa_bench /tmp/repo/ && echo "packages copied into /tmp/repo" ;;

@@ -53,13 +53,26 @@ def load_window_queries(q_ptr, pid_b, pid_h, stride_qb, stride_qh, stride_ql, st
 
 
 @triton.jit
+def window_logits(q, k, IEEE: tl.constexpr):
+    """``q @ k^T`` of a window tile and a key tile. fp32 inputs multiply in full fp32 (``IEEE``):
+    by default Triton rounds fp32 operands to TF32 on tensor cores, which on an H200 put the
+    fp32 scores 1.6e-4 (relative RMS) from the fp32 reference; the scorer's fp32 mode is the
+    reference TSA is checked against, so it must be fp32."""
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    return s
+
+
+@triton.jit
 def _stats_kernel(
     q_ptr, k_ptr, m_part_ptr, l_part_ptr,
     stride_qb, stride_qh, stride_ql, stride_qd,
     stride_kb, stride_kh, stride_kl, stride_kd,
     L, W, D, qk_scale, chunk_len, n_chunks, L_BUCKET,
     GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -82,7 +95,7 @@ def _stats_kernel(
         k = tl.load(k_ptrs, mask=mask_k[:, None] & mask_d[None, :], other=0.0)    # [BLOCK_K, BLOCK_D]
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * qk_scale                      # [BLOCK_W, BLOCK_K], log2 units
+        s = window_logits(q, k, IEEE) * qk_scale                   # [BLOCK_W, BLOCK_K], log2 units
         visible = mask_k[None, :] & (key_pos[None, :] <= q_pos[:, None])
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -119,7 +132,7 @@ def _probs_kernel(
     stride_kb, stride_kh, stride_kl, stride_kd,
     L, W, P, D, qk_scale, inv_w, chunk_len, L_BUCKET,
     GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -143,7 +156,7 @@ def _probs_kernel(
         k = tl.load(k_ptrs, mask=mask_k[:, None] & mask_d[None, :], other=0.0)    # [BLOCK_K, BLOCK_D]
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = window_logits(q, k, IEEE) * qk_scale
         p = tl.exp2(s - m[:, None]) * inv_l[:, None]               # prefix keys: no causal mask
         tl.store(out_ptr + row * P + key_pos, tl.sum(p, axis=0), mask=mask_k)
 
@@ -217,7 +230,8 @@ def _n_chunks(device, rows: int, n_keys: int) -> int:
 
 def _launcher(q, k, W: int, D: int, Hq: int, Hkv: int, L: int):
     block_w, block_d = max(16, next_pow2(W)), max(16, next_pow2(D))
-    common = dict(GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_D=block_d, UPCAST=upcast_loads(q.dtype))
+    common = dict(GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_D=block_d, UPCAST=upcast_loads(q.dtype),
+                  IEEE=q.dtype == torch.float32)
     interp = interpreter_on()
     key = (L.bit_length(), D, W, Hq // Hkv, str(q.dtype), q.device.index)
 

@@ -81,9 +81,16 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 #   1. carry .whl .whl524 .gpre: `wheels site524 seed gputests`; 2-11. .carry/h1..h10: `stash` (the last
 #   `stash join start`, with TSA_BENCH_GIT_SHA and DEADLINE_S); then `wait:N` calls. The check runs on
 #   GPU 1 beside the grid's one torchrun launch (g32_rest: 16 arms, about 90 s each on two H200s).
-# Left for later: smol-speed3-4k-alone (the host to itself: about 8 min of both GPUs).
-QUEUE0=${QUEUE0:-gemma-32k-banded-rest}
-QUEUE1=${QUEUE1:-gemma-banded-check}   # beside gemma-32k-banded-rest, which takes both GPUs at once
+# What the seventh ran (exactly those calls, DEADLINE_S=1590, 27 min held): QUEUE0="gemma-32k-banded-rest",
+# QUEUE1="gemma-banded-check". Setup took 2 min (about 6 s a call); the launch spent 66 s before its first
+# arm; the 16 arms took 21 min; the check passed. Then by hand: the GPU tests of test_scoring.py (the fp32
+# D = 256 case failed under TF32, passed with TRITON_F32_DEFAULT=ieee; fixed since) and test_gpu_kernels.py.
+# The eighth's (these defaults): the banded grid's timing in one session, and SmolLM2's uncontended timing.
+# No seed. 1. carry .whl .whl524: `wheels site524 gputests`; 2-5. .carry/t1..t4: `stash`; 6-15.
+# .carry/h1..h10: `stash` (the last `stash join start`, with TSA_BENCH_GIT_SHA and DEADLINE_S); then
+# `wait:N` calls. gemma-speed-32k-banded: 23 arms x 78 samples on both GPUs, about 6 min.
+QUEUE0=${QUEUE0:-gemma-speed-32k-banded smol-speed3-4k-alone}
+QUEUE1=${QUEUE1:-}   # nothing: both jobs want the host to themselves
 
 pack() {
   mkdir -p /tmp/runs /tmp/jobs

@@ -34,6 +34,7 @@ ARCHIVES = {
     "d": ACC / "runs-20261130d-h200x2.txz",     # fourth
     "e": ACC / "runs-20261130e-h200x2.txz",     # fifth
     "f": ACC / "runs-20261130f-h200x2.txz",     # sixth
+    "g": ACC / "runs-20261130g-h200x2.txz",     # seventh (its gemma-32k-banded holds the sixth's arms too)
 }
 # metrics `study` writes now that older committed files lack
 ADDED_METRICS = {"attention_speedup_untouched", "predictions_changed"}
@@ -50,8 +51,8 @@ REBUILDS: Dict[str, tuple] = {
     "gemma-32k-grid": ("accuracy-20261130T135112352Z-ecc808d1.csv",
                        ["tables", "{b}/gemma-32k", "{d}/gemma-32k", "{e}/gemma-32k-fresh", "--model-name",
                         "gemma3-270m", "--method-layers", "5,11,17"]),
-    "gemma-32k-banded-grid": ("accuracy-20261130T150502787Z-427416d5.csv",
-                              ["tables", "{f}/gemma-32k-banded", "--model-name", "gemma3-270m-banded",
+    "gemma-32k-banded-grid": ("accuracy-20261130T170144523Z-d987177c.csv",
+                              ["tables", "{g}/gemma-32k-banded", "--model-name", "gemma3-270m-banded",
                                "--method-layers", "5,11,17"]),
     "smollm2-4k-speed": ("speed-h200/all-arms/accuracy-20261130T114923074Z-45233965.csv",
                          ["tables", "{d}/smol-speed2-4k", "--model-name", "smollm2-135m"]),
@@ -66,10 +67,10 @@ REBUILDS: Dict[str, tuple] = {
                           "--model-name", "gemma3-270m"]),
     "gemma-4k-16k-layers": ("layers/layers-20261130T132921847Z-dadccfb4.csv",
                             ["layers", "{e}/gemma-all", "--model-name", "gemma3-270m"]),
-    "gemma-32k-banded-layers": ("layers/layers-20261130T150505967Z-427416d5.csv",
-                                ["layers", "{f}/gemma-32k-banded", "--model-name", "gemma3-270m-banded"]),
-    "gemma-32k-banded-vs-mask": ("../gemma/banded-vs-mask/twins-20261130T155224912Z-f5a0166e.csv",
-                                 ["twins", "{f}/gemma-32k-banded", "--against", "{b}/gemma-32k", "{d}/gemma-32k",
+    "gemma-32k-banded-layers": ("layers/layers-20261130T170148177Z-d987177c.csv",
+                                ["layers", "{g}/gemma-32k-banded", "--model-name", "gemma3-270m-banded"]),
+    "gemma-32k-banded-vs-mask": ("../gemma/banded-vs-mask/twins-20261130T170153475Z-d987177c.csv",
+                                 ["twins", "{g}/gemma-32k-banded", "--against", "{b}/gemma-32k", "{d}/gemma-32k",
                                   "{e}/gemma-32k-fresh", "--model-name", "gemma3-270m-banded"]),
     "smollm2-4k-sensitivity": ("sensitivity-20261130T092443390Z-c5d8fd3a.csv",
                                ["sensitivity", "{a}/smol-sens", "--drift", "results/layers/smollm2-135m-4k.json",

@@ -310,6 +310,19 @@ EOF
       wait_gemma || return 1
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       g32_rest ;;
+    gemma-speed-32k-banded)  # every arm of the banded 32K grid timed in one launch, 6 samples a task (78), on a
+      # host with no other job: `study tables --speed-from` then pairs each arm's timing with a dense arm
+      # of the same session (the seventh session's 16 arms were timed against the sixth session's dense
+      # arm; the layers both leave as dense ran up to x1.19 faster in the seventh)
+      wait_gemma || return 1
+      wait_other_queue
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      local m="dense,tsa@drift,tsa@calibrated:0.05,flexprefill,flexprefill+tsa@drift:0.005,xattention"
+      m="$m,xattention+tsa@drift:0.005,minference,minference+tsa@drift:0.005,tsa@late,tsa@all"
+      timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler \
+        $RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n 6 --decode-attention grouped \
+        --sliding-attention banded --out-dir /tmp/runs/gemma-speed-32k-banded --method "$m" \
+        --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "drift=results/layers/gemma3-270m-32k.json;calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json;late=11,17;all=5,11,17" ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

@@ -69,6 +69,9 @@ def test_method_qualifiers_pick_one_layer_set_or_tau():
     arms = R.arms_of(a)
     assert arms[4] == R.Arm("flexprefill+tsa", 0.005, "17", "drift")
     assert R.methods_of(a) == ["dense", "tsa", "flexprefill", "flexprefill+tsa"]
+    # method names are case-free, set names are not (as in --sparse-layers)
+    mixed = _args("TSA@Late", "0.02", "Late=11,17;late=5")
+    assert [x.label() for x in R.arms_of(mixed)] == ["tsa tau=0.02 Late"]
     # the plain form is unchanged: the whole cross product
     plain = _args("dense,tsa", "0.02,0.05", "late=11,17;drift=17")
     assert len(R.arms_of(plain)) == 5

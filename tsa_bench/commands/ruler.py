@@ -675,12 +675,12 @@ def method_items(args) -> List[Tuple[str, Optional[str], Optional[float]]]:
     items: List[Tuple[str, Optional[str], Optional[float]]] = []
     names = [label for label, _ in getattr(args, "layer_sets", [("", None)])]
     for raw in str(args.method).split(","):
-        text = raw.strip().lower()
+        text = raw.strip()
         if not text:
             continue
         rest, colon, tau_text = text.partition(":")
         method, at, set_name = rest.partition("@")
-        method, set_name = method.strip(), set_name.strip()
+        method, set_name = method.strip().lower(), set_name.strip()     # set names keep their case
         if not method:
             raise UsageError(f"--method: {raw.strip()!r} names no method")
         if (at or colon) and not uses_tsa(method):

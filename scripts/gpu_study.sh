@@ -92,6 +92,11 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 QUEUE0=${QUEUE0:-gemma-speed-32k-banded smol-speed3-4k-alone}
 QUEUE1=${QUEUE1:-}   # nothing: both jobs want the host to themselves
 
+snapshot() {  # DIR: this tree without the carried parts, wheels, seed and git, copied into DIR
+  tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.whl524 --exclude=./.gpre --exclude=./.git . \
+    | tar xf - -C "$1"
+}
+
 pack() {
   mkdir -p /tmp/runs /tmp/jobs
   tar czf "$OUT/study.tgz" --exclude=cache --exclude='*.pt' -C /tmp runs jobs 2>/dev/null
@@ -117,7 +122,7 @@ for part in "$@"; do
     start) rm -rf /tmp/repo && mkdir -p /tmp/repo /tmp/runs /tmp/jobs
            # the jobs run from a snapshot: carried .snap/ (a tested tree) if present, else this tree
            if [ -d .snap ]; then cp -r .snap/. /tmp/repo/; else
-             tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.whl524 --exclude=./.git . | tar xf - -C /tmp/repo; fi
+             snapshot /tmp/repo; fi
            if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
              setsid nohup bash /tmp/repo/scripts/study_jobs.sh 0 $QUEUE0 > /tmp/jobs/queue0.log 2>&1 < /dev/null &
              setsid nohup bash /tmp/repo/scripts/study_jobs.sh 1 $QUEUE1 > /tmp/jobs/queue1.log 2>&1 < /dev/null &
@@ -157,9 +162,7 @@ PYEOF
     gputests) # the scorer's and the kernels' GPU-marked tests (no model needed; about 80 s), in the background
            # on GPU 0 while the model parts arrive (the queues wait for the model); from a copy of this tree,
            # log in /tmp/jobs/gputests.log (the seventh session ran every GPU-marked test: 150 s cut it short)
-           rm -rf /tmp/gt && mkdir -p /tmp/gt /tmp/jobs
-           tar cf - --exclude=./.carry --exclude=./.whl --exclude=./.whl524 --exclude=./.gpre --exclude=./.git . \
-             | tar xf - -C /tmp/gt
+           rm -rf /tmp/gt && mkdir -p /tmp/gt /tmp/jobs && snapshot /tmp/gt
            (cd /tmp/gt && PYTHONPATH=.:/tmp/site524:/tmp/site CUDA_VISIBLE_DEVICES=0 TRITON_INTERPRET=0 setsid nohup timeout "${GPUTESTS_S:-150}" \
              python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_scoring.py tests/test_gpu_kernels.py \
              > /tmp/jobs/gputests.log 2>&1 < /dev/null &)

@@ -74,13 +74,13 @@ gemma_composed() {  # DIR: dense, FlexPrefill, XAttention, MInference alone and 
     --out-dir "$1"
 }
 
-g32() {  # [RULER FLAGS ...]: Gemma 32K, 13 tasks x N, on every GPU of the host (torchrun), sliding layers
-  # by $sl (banded unless set), into /tmp/runs/gemma-32k-$sl; the clock before and after goes to the log
-  # (the sixth session's launches spent about 3 min each before their first new arm; the ruler now logs its phases)
+g32() {  # [RULER FLAGS ...]: Gemma 32K, 13 tasks x ${G32_N:-N}, on every GPU of the host (torchrun), sliding
+  # layers by $sl (banded unless set), into ${G32_DIR:-/tmp/runs/gemma-32k-$sl}; the clock before and after
+  # goes to the log (the sixth session's launches spent about 3 min each before their first new arm)
   echo "g32 start $(date -u +%T): $*"
   timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler \
-    $RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped \
-    --sliding-attention "${sl:-banded}" --out-dir "/tmp/runs/gemma-32k-${sl:-banded}" "$@"
+    $RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n "${G32_N:-$N}" --decode-attention grouped \
+    --sliding-attention "${sl:-banded}" --out-dir "${G32_DIR:-/tmp/runs/gemma-32k-${sl:-banded}}" "$@"
   local rc=$?
   echo "g32 end $(date -u +%T) (exit $rc)"
   return $rc
@@ -319,10 +319,10 @@ EOF
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       local m="dense,tsa@drift,tsa@calibrated:0.05,flexprefill,flexprefill+tsa@drift:0.005,xattention"
       m="$m,xattention+tsa@drift:0.005,minference,minference+tsa@drift:0.005,tsa@late,tsa@all"
-      timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler \
-        $RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n 6 --decode-attention grouped \
-        --sliding-attention banded --out-dir /tmp/runs/gemma-speed-32k-banded --method "$m" \
-        --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "drift=results/layers/gemma3-270m-32k.json;calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json;late=11,17;all=5,11,17" ;;
+      local sets="drift=results/layers/gemma3-270m-32k.json"
+      sets="$sets;calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json;late=11,17;all=5,11,17"
+      G32_N=6 G32_DIR=/tmp/runs/gemma-speed-32k-banded g32 --method "$m" --tau 0.005,0.02,0.05,0.01,0.002 \
+        --sparse-layers "$sets" ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

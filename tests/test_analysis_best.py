@@ -32,6 +32,15 @@ def test_fastest_within_the_budget_by_each_criterion_and_speed():
     assert best_within(P, 5.0).set_index("seq_len").loc[4096, "setting"] == "C"              # budget edge included
 
 
+def test_the_pick_carries_its_untouched_layers_ratio():
+    """The bias marker travels with the chosen setting (and is NaN where the table has none)."""
+    assert np.isnan(best_within(P, 1.0).set_index("seq_len").loc[4096, "attention_speedup_untouched"])
+    q = P.assign(attention_speedup_untouched=[np.nan, 1.21, 0.99, 1.0, np.nan, 1.0, 1.02])
+    t = best_within(q, 1.0).set_index("seq_len")
+    assert t.loc[4096, "setting"] == "A" and t.loc[4096, "attention_speedup_untouched"] == 1.21
+    assert t.loc[8192, "closest"] == "E" and t.loc[8192, "attention_speedup_untouched"] == 1.02
+
+
 def test_none_within_the_budget_names_the_closest():
     r = best_within(P, 1.0).set_index("seq_len").loc[8192]
     assert r["setting"] is None or (isinstance(r["setting"], float) and np.isnan(r["setting"]))
@@ -48,4 +57,4 @@ def test_study_best_reads_the_committed_accuracy_csvs(capsys):
     from tsa_bench.cli import main
     assert main(["study", "best"]) == 0
     out = capsys.readouterr().out
-    assert "within 1 points of dense" in out and "smollm2-135m" in out
+    assert "within 1 points of dense" in out and "smollm2-135m" in out and "untouched x" in out

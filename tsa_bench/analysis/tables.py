@@ -161,9 +161,11 @@ def best_within(points: pd.DataFrame, max_drop: float = 1.0, criterion: str = "p
     ``sparsity``: attention-map sparsity), ties broken by the higher score, then the setting
     name. Settings without that figure are not candidates. One row per (model, seq_len), in
     columns ``model, seq_len, setting, diff, diff_lo, diff_hi, attention_speedup, ttft_speedup,
-    attention_sparsity, candidates`` (settings within the budget), ``closest``; where none is
-    within the budget, ``setting`` is None and ``closest`` names the setting with the smallest
-    drop (its figures fill the row).
+    attention_sparsity, attention_speedup_untouched`` (the layers the setting leaves as dense,
+    against dense's: far from 1 when its timing and dense's ran on differently loaded hosts; NaN
+    where the table has none), ``candidates`` (settings within the budget), ``closest``; where
+    none is within the budget, ``setting`` is None and ``closest`` names the setting with the
+    smallest drop (its figures fill the row).
     """
     if criterion not in ("point", "upper"):
         raise ValueError(f"criterion must be 'point' or 'upper', got {criterion!r}")
@@ -172,7 +174,9 @@ def best_within(points: pd.DataFrame, max_drop: float = 1.0, criterion: str = "p
     if not max_drop >= 0:
         raise ValueError(f"max_drop must be >= 0, got {max_drop}")
     col = BEST_SPEEDS[speed]
-    figs = ("diff", "diff_lo", "diff_hi", "attention_speedup", "ttft_speedup", "attention_sparsity")
+    figs = ("diff", "diff_lo", "diff_hi", "attention_speedup", "ttft_speedup", "attention_sparsity",
+            "attention_speedup_untouched")
+    points = points.assign(**{c: np.nan for c in figs if c not in points.columns})
     rows = []
     for (model, L), g in points.groupby(["model", "seq_len"], sort=True):
         g = g[(g["method"].astype(str).str.lower() != "dense") & g[col].notna() & g["diff"].notna()]

@@ -1084,15 +1084,19 @@ def run_best(args) -> int:
     col = BEST_SPEEDS[args.speed]
     drop = "drop estimate" if args.criterion == "point" else "upper end of the drop's interval"
     print(f"fastest setting by {col} within {args.max_drop:g} points of dense ({drop}); diff = setting - dense "
-          "[paired 95% interval]; attn x = attention speedup of the sparse layers; within = settings in the budget")
+          "[paired 95% interval]; attn x = attention speedup of the sparse layers; untouched x = the layers it "
+          "leaves as dense against dense's (far from 1: its timing and dense's ran on differently loaded hosts); "
+          "within = settings in the budget")
     rows = []
     for _, r in table.iterrows():
         name = r["setting"] if isinstance(r["setting"], str) else f"none (closest: {r['closest']})"
         rows.append([r["model"], _fmt_len(int(r["seq_len"])), str(name),
                      _num(r["diff"], "+.2f") + f" [{_num(r['diff_lo'], '+.2f')}, {_num(r['diff_hi'], '+.2f')}]",
                      _num(r["attention_speedup"], ".2f"), _num(r["ttft_speedup"], ".2f"),
-                     _num(r["attention_sparsity"], ".3f"), str(r["candidates"])])
-    print(_fmt_table(["model", "length", "setting", "diff [lo, hi]", "attn x", "ttft x", "sparsity", "within"], rows))
+                     _num(r["attention_sparsity"], ".3f"), _num(r["attention_speedup_untouched"], ".2f"),
+                     str(r["candidates"])])
+    print(_fmt_table(["model", "length", "setting", "diff [lo, hi]", "attn x", "ttft x", "sparsity", "untouched x",
+                      "within"], rows))
     return 0
 
 

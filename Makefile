@@ -8,6 +8,7 @@ TAU ?= 0.005
 METHOD ?= tsa
 N ?= 32
 MODEL ?=
+SLIDING ?=
 
 .PHONY: setup models demo test test-gpu bench bench-sparse prefill profile-layers ruler niah figures clean
 
@@ -21,7 +22,7 @@ bench: ; PYTHONPATH=. python3 -m tsa_bench latency --tau $(TAU)
 bench-sparse: ; PYTHONPATH=. python3 -m tsa_bench latency --method tsa,flexprefill,flexprefill+tsa --tau $(TAU) --seq-lens 32k,128k
 prefill: ; PYTHONPATH=. python3 -m tsa_bench prefill --model $(or $(MODEL),llama-3.1-8b) $(if $(MODEL),,--weights random) --seq-lens 8k,128k --keep-ratio 0.675 --dense-backend sdpa-flash --device cuda
 profile-layers: ; PYTHONPATH=. python3 -m tsa_bench profile-layers --model $(MODEL) --seq-len 128k --delta 0.5 --device cuda
-ruler: setup ; $(OFFLINE) $(BIN)/tsa-bench ruler --seq-lens $(CTX) --method $(METHOD) --tau $(TAU) -n $(N) $(if $(MODEL),--model $(MODEL),)
-niah: setup ; $(OFFLINE) $(BIN)/tsa-bench niah --seq-lens $(CTX) --method $(METHOD) --tau $(TAU) $(if $(MODEL),--model $(MODEL),)
+ruler: setup ; $(OFFLINE) $(BIN)/tsa-bench ruler --seq-lens $(CTX) --method $(METHOD) --tau $(TAU) -n $(N) $(if $(MODEL),--model $(MODEL),) $(if $(SLIDING),--sliding-attention $(SLIDING),)
+niah: setup ; $(OFFLINE) $(BIN)/tsa-bench niah --seq-lens $(CTX) --method $(METHOD) --tau $(TAU) $(if $(MODEL),--model $(MODEL),) $(if $(SLIDING),--sliding-attention $(SLIDING),)
 figures: setup ; $(BIN)/tsa-bench figures
 clean: ; rm -rf $(VENV) .pytest_cache build *.egg-info

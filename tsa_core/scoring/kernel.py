@@ -53,15 +53,17 @@ def load_window_queries(q_ptr, pid_b, pid_h, stride_qb, stride_qh, stride_ql, st
 
 
 @triton.jit
-def window_logits(q, k, IEEE: tl.constexpr):
-    """``q @ k^T`` of a window tile and a key tile. fp32 inputs multiply in full fp32 (``IEEE``):
-    by default Triton rounds fp32 operands to TF32 on tensor cores, which on an H200 put the
-    fp32 scores 1.6e-4 (relative RMS) from the fp32 reference; the scorer's fp32 mode is the
-    reference TSA is checked against, so it must be fp32."""
+def window_logits(q, kt, IEEE: tl.constexpr):
+    """``q @ kt`` of a window tile ``[BLOCK_W, BLOCK_D]`` and a transposed key tile
+    ``[BLOCK_D, BLOCK_K]``, shared by the scorer's passes and FlexPrefill's profiles (whose
+    probabilities divide by the scorer's statistics, so both must multiply alike). fp32 inputs
+    multiply in full fp32 (``IEEE``): by default Triton rounds fp32 operands to TF32 on tensor
+    cores, which on an H200 put the fp32 scores 1.6e-4 (relative RMS) from the fp32 reference;
+    the fp32 mode is the reference TSA is checked against, so it must be fp32."""
     if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        s = tl.dot(q, kt, input_precision="ieee")
     else:
-        s = tl.dot(q, tl.trans(k))
+        s = tl.dot(q, kt)
     return s
 
 
@@ -95,7 +97,7 @@ def _stats_kernel(
         k = tl.load(k_ptrs, mask=mask_k[:, None] & mask_d[None, :], other=0.0)    # [BLOCK_K, BLOCK_D]
         if UPCAST:
             k = k.to(tl.float32)
-        s = window_logits(q, k, IEEE) * qk_scale                   # [BLOCK_W, BLOCK_K], log2 units
+        s = window_logits(q, tl.trans(k), IEEE) * qk_scale          # [BLOCK_W, BLOCK_K], log2 units
         visible = mask_k[None, :] & (key_pos[None, :] <= q_pos[:, None])
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -156,7 +158,7 @@ def _probs_kernel(
         k = tl.load(k_ptrs, mask=mask_k[:, None] & mask_d[None, :], other=0.0)    # [BLOCK_K, BLOCK_D]
         if UPCAST:
             k = k.to(tl.float32)
-        s = window_logits(q, k, IEEE) * qk_scale
+        s = window_logits(q, tl.trans(k), IEEE) * qk_scale
         p = tl.exp2(s - m[:, None]) * inv_l[:, None]               # prefix keys: no causal mask
         tl.store(out_ptr + row * P + key_pos, tl.sum(p, axis=0), mask=mask_k)
 

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from tsa_core._checks import check_qkv, check_triton_device
 from tsa_core._triton_utils import next_pow2, upcast_loads
-from tsa_core.scoring.kernel import load_window_queries, window_softmax_stats
+from tsa_core.scoring.kernel import load_window_queries, window_logits, window_softmax_stats
 from tsa_core.sparse.flexprefill.naive import FlexPrefillInfo, FlexPrefillParams, pattern_from
 from tsa_core.sparse.pattern import BlockPattern
 
@@ -39,7 +39,7 @@ def _window_probs_tile(
     stride_kb, stride_kh, stride_kl, stride_kd,
     L, NQ, D, qk_scale, inv_nq,
     GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
     """The step both profile kernels share: the ``[BLOCK_W, BLOCK_K]`` probabilities of the
     last ``NQ`` queries over this program's key tile (final softmax stats, causal), with the
@@ -63,7 +63,7 @@ def _window_probs_tile(
                  + offs_d[:, None] * stride_kd, mask=mask_d[:, None] & mask_k[None, :], other=0.0)  # [BLOCK_D, BLOCK_K]
     if UPCAST:
         kt = kt.to(tl.float32)
-    s = tl.dot(q, kt) * qk_scale
+    s = window_logits(q, kt, IEEE) * qk_scale
     visible = mask_w[:, None] & mask_k[None, :] & (key_pos[None, :] <= q_pos[:, None])
     p = tl.where(visible, tl.exp2(s - m[:, None]) * inv_l[:, None], 0.0)  # [BLOCK_W, BLOCK_K]
     tl.store(vert_ptr + row * L + key_pos, tl.sum(p, axis=0) * inv_nq, mask=mask_k)
@@ -77,12 +77,12 @@ def _profile_kernel(
     stride_kb, stride_kh, stride_kl, stride_kd,
     L, NQ, D, qk_scale, inv_nq,
     GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
     p, key_pos, mask_w, mask_k, row = _window_probs_tile(
         q_ptr, k_ptr, m_ptr, inv_l_ptr, vert_ptr, stride_qb, stride_qh, stride_ql, stride_qd,
         stride_kb, stride_kh, stride_kl, stride_kd, L, NQ, D, qk_scale, inv_nq,
-        GROUP, BLOCK_W, BLOCK_K, BLOCK_D, UPCAST)
+        GROUP, BLOCK_W, BLOCK_K, BLOCK_D, UPCAST, IEEE)
     offs_w = tl.arange(0, BLOCK_W)
     u = key_pos[None, :] - offs_w[:, None] + (NQ - 1)                      # skewed column
     skew = skew_ptr + (row * NQ + offs_w[:, None].to(tl.int64)) * L + u
@@ -96,7 +96,7 @@ def _profile_parts_kernel(
     stride_kb, stride_kh, stride_kl, stride_kd,
     L, NQ, D, qk_scale, inv_nq, n_tiles,
     GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    NPART: tl.constexpr, UPCAST: tl.constexpr,
+    NPART: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
     """Like ``_profile_kernel``, but the tile's diagonal sums are reduced in registers:
     entry ``(i, c)`` has local diagonal ``t = i - c + BLOCK_K - 1``; part ``m`` holds
@@ -106,7 +106,7 @@ def _profile_parts_kernel(
     p, key_pos, mask_w, mask_k, row = _window_probs_tile(
         q_ptr, k_ptr, m_ptr, inv_l_ptr, vert_ptr, stride_qb, stride_qh, stride_ql, stride_qd,
         stride_kb, stride_kh, stride_kl, stride_kd, L, NQ, D, qk_scale, inv_nq,
-        GROUP, BLOCK_W, BLOCK_K, BLOCK_D, UPCAST)
+        GROUP, BLOCK_W, BLOCK_K, BLOCK_D, UPCAST, IEEE)
     offs_w = tl.arange(0, BLOCK_W)
     offs_c = tl.arange(0, BLOCK_K)
     out = parts_ptr + (row * n_tiles + tl.program_id(1)) * (NPART * BLOCK_K)
@@ -150,7 +150,7 @@ def profiles_triton(q: torch.Tensor, k: torch.Tensor, nq: int, scale: float,
     common = (q, k, m, inv_l, vertical)
     strides = (*q.stride(), *k.stride())
     meta = dict(GROUP=Hq // Hkv, BLOCK_W=block_w, BLOCK_K=block_k, BLOCK_D=block_d, UPCAST=upcast,
-                num_warps=num_warps)
+                IEEE=q.dtype == torch.float32, num_warps=num_warps)
     if slash_mode == "auto":
         slash_mode = "skew" if _GATHER_BROKEN else "gather"
     if slash_mode == "gather":

@@ -88,7 +88,9 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 # The eighth's (these defaults): the banded grid's timing in one session, and SmolLM2's uncontended timing.
 # No seed. 1. carry .whl .whl524: `wheels site524 gputests`; 2-5. .carry/t1..t4: `stash`; 6-15.
 # .carry/h1..h10: `stash` (the last `stash join start`, with TSA_BENCH_GIT_SHA and DEADLINE_S); then
-# `wait:N` calls. gemma-speed-32k-banded: 23 arms x 78 samples on both GPUs, about 6 min.
+# `wait:N` calls. gemma-speed-32k-banded: 23 arms x 78 samples on both GPUs, about 6 min. On a one-GPU host
+# (the only kind lent that day) the same calls: `start` runs both jobs in one queue on GPU 0, Gemma first;
+# the timing jobs wait for the GPU tests to end.
 QUEUE0=${QUEUE0:-gemma-speed-32k-banded smol-speed3-4k-alone}
 QUEUE1=${QUEUE1:-}   # nothing: both jobs want the host to themselves
 

@@ -278,3 +278,18 @@ def test_selection_helpers_keep_the_input_device():
     n = torch.tensor([[3]], device="meta")
     assert _top_blocks(torch.zeros(1, 1, 20, device="meta"), n, forced=0).device.type == "meta"
     assert coverage_blocks(torch.zeros(2, 4, 4, device="meta"), 0.5).device.type == "meta"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["gather", "skew"])
+@pytest.mark.parametrize("D", [64, 256])
+def test_profiles_triton_matches_naive_in_fp32_on_gpu(mode, D):
+    """Compiled, in fp32, GQA, a length off every tile: the profile tiles multiply in full fp32
+    (``input_precision="ieee"``, as the scorer whose statistics they divide by), so they meet
+    the interpreter test's tolerance against the fp32 reference."""
+    q, k, _ = synthetic_qkv(2, 4, 2, 1237, D, device="cuda", dtype=torch.float32, workload=Workload(seed=7))
+    scale = D ** -0.5
+    vn, sn = profiles_naive(q, k, 128, scale)
+    vt, st = profiles_triton(q, k, 128, scale, slash_mode=mode)
+    torch.testing.assert_close(vt, vn, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(st, sn, atol=1e-6, rtol=1e-4)

@@ -325,6 +325,12 @@ EOF
       sets="$sets;calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json;late=11,17;all=5,11,17"
       G32_N=6 G32_DIR=/tmp/runs/gemma-speed-32k-banded g32 --method "$m" --tau 0.005,0.02,0.05,0.01,0.002 \
         --sparse-layers "$sets" ;;
+    gemma-speed-32k-banded-b)  # gemma-speed-32k-banded's seven arms a lost machine cut (the eighth session: late
+      # tau 0.01 and 0.002, all five taus in 5,11,17), with a dense arm of their own session
+      wait_gemma || return 1
+      export PYTHONPATH=.:/tmp/site524:/tmp/site
+      G32_N=6 G32_DIR=/tmp/runs/gemma-speed-32k-banded-b g32 --method "dense,tsa@late:0.01,tsa@late:0.002,tsa@all" \
+        --tau 0.005,0.02,0.05,0.01,0.002 --sparse-layers "late=11,17;all=5,11,17" ;;
     smol-8k)       # the grid at 8K (drift profile at 8K: the same 15 layers as at 4K)
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL --method dense,tsa \
         --tau 0.005,0.02,0.05,0.002,0.01 --sparse-layers "drift=results/layers/smollm2-135m-8k.json;half=15-29" \

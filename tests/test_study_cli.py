@@ -175,6 +175,56 @@ def test_speed_from_takes_the_timing_of_another_run_and_keeps_scores_and_sparsit
     assert config["speed_from"] == [str(timing)] and config["speed_groups"][0]["baseline_run_key"] == "densetiming1"
 
 
+def test_speed_from_sessions_time_each_arm_against_its_own_sessions_dense(tmp_path, capsys):
+    """Two timing sessions, each with its own dense arm (the same run key in both, as when a
+    lost machine's arms are run again beside a fresh dense arm). Session 1: dense 20 ms a layer
+    and 1.0 s, TSA 4 ms in its sparse layers and 0.5 s. Session 2: dense 10 ms and 0.8 s, TSA
+    again (2 ms, 0.1 s: not used, session 1 timed it first), xattention 5 ms in every layer and
+    0.4 s. TSA: x5.0 and x2.0 from session 1; xattention: x2.0 and x2.0 against session 2's
+    dense (against session 1's, the bug this catches, x4.0 and x2.5)."""
+    acc = standard_run(tmp_path / "acc_run")
+    s1, s2 = tmp_path / "session1", tmp_path / "session2"
+    for d, ms, ttft in ((s1, 20.0, 1.0), (s2, 10.0, 0.8)):
+        make_arm(d, [timed(t, i, 1, {k: ms for k in range(LAYERS)}, ttft) for t, i in SAMPLES],
+                 method="dense", run_key="densetiming1")
+    for d, ms, ttft, key in ((s1, 4.0, 0.5, "tsatiming1"), (s2, 2.0, 0.1, "tsatiming2")):
+        make_arm(d, [timed(t, i, 0, {k: ms if k in (1, 3) else (20.0 if d == s1 else 10.0) for k in range(LAYERS)},
+                           ttft, {1: [0.9, 0.1], 3: [0.9, 0.1]}) for t, i in SAMPLES],
+                 method="tsa", tau=0.005, layers="half", sparse_layers=(1, 3), run_key=key)
+    make_arm(s2, [timed(t, i, 0, {k: 5.0 for k in range(LAYERS)}, 0.4) for t, i in SAMPLES],
+             method="xattention", run_key="xtiming2")
+    rc, out, err, df = tables(capsys, tmp_path, acc,
+                              extra=("--speed-from", str(s1), "--speed-from", str(s2), "--print"))
+    assert rc == 0, err
+    tsa, x = "tsa tau=0.005 half", "xattention"
+    assert value(df, tsa, "attention_speedup").value == pytest.approx(5.0)
+    assert value(df, tsa, "ttft_speedup").value == pytest.approx(2.0)
+    assert value(df, x, "attention_speedup").value == pytest.approx(2.0)
+    assert value(df, x, "ttft_speedup").value == pytest.approx(2.0)
+    assert (value(df, tsa, "ttft_speedup").timed_session, value(df, x, "ttft_speedup").timed_session) == (1, 2)
+    assert value(df, tsa, "attention_speedup").timed_run_key == "tsatiming1"
+    assert value(df, "dense", "ttft_speedup").timed_session == 1
+    assert "session 1: 4 samples per arm, 2 arms timed there; session 2: 4 samples per arm, 1 arm timed there" in out
+    config = json.loads(df.config.iloc[0])
+    assert config["speed_from"] == [str(s1), str(s2)] and config["speed_sessions"] == [[str(s1)], [str(s2)]]
+    assert [g["session"] for g in config["speed_groups"]] == [1, 2]
+    # one session: no session column, the words and config as before
+    rc, out, err, one = tables(capsys, tmp_path / "one", acc, extra=("--speed-from", str(s2), "--print"))
+    assert rc == 0, err
+    assert "timed_session" not in one.columns
+    assert "speedups from --speed-from (4 samples per arm)" in out
+    assert "speed_sessions" not in json.loads(one.config.iloc[0])
+
+
+def test_a_speed_session_without_its_own_dense_arm_is_refused(tmp_path, capsys):
+    acc = standard_run(tmp_path / "acc_run")
+    s1, s2 = tmp_path / "session1", tmp_path / "session2"
+    make_arm(s1, [timed(t, i, 1, {k: 20.0 for k in range(LAYERS)}, 1.0) for t, i in SAMPLES], method="dense")
+    make_arm(s2, [timed(t, i, 0, {k: 5.0 for k in range(LAYERS)}, 0.4) for t, i in SAMPLES], method="xattention")
+    rc, out, err, _ = tables(capsys, tmp_path, acc, extra=("--speed-from", str(s1), "--speed-from", str(s2)))
+    assert rc == 2 and f"--speed-from (session 2) {s2}:" in err and "need exactly one dense arm" in err
+
+
 def test_speed_from_with_no_run_at_that_length_says_so(tmp_path, capsys):
     acc = standard_run(tmp_path / "acc_run")
     other = tmp_path / "timing_8k"

@@ -74,11 +74,13 @@ def add_arguments(p) -> None:
                             description="Pair every arm of the ruler runs with the dense arm of its model and length "
                                         "and write the tidy accuracy CSV.")
     tables.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="ruler output folders (or ruler CSVs)")
-    tables.add_argument("--speed-from", nargs="+", default=None, metavar="RUN_DIR",
+    tables.add_argument("--speed-from", nargs="+", action="append", default=None, metavar="RUN_DIR",
                         help="take the timing figures (attention and TTFT speedups) from these ruler runs "
                              "instead: each arm from the run of the same setting, model and length, against "
                              "that run's own dense arm (e.g. a short run with the GPU to itself); an arm "
-                             "they lack gets no timing rows. Scores and sparsity stay those of RUN_DIR")
+                             "they lack gets no timing rows. Scores and sparsity stay those of RUN_DIR. "
+                             "Repeat the flag for runs of separate sessions, each with its own dense arm: "
+                             "an arm is timed in the first session that ran it, against that session's dense")
     tables.add_argument("--method-layers", default=None, metavar="LAYERS",
                         help="the layers a sparse method without TSA (flexprefill, xattention, minference) runs "
                              "in, e.g. '5,11,17': its attention_speedup sums over them (default: every layer). "
@@ -629,27 +631,38 @@ def _dry_run(groups: Sequence[Group], method_layers: Optional[Sequence[int]] = N
 # --------------------------------------------------------------------------- study tables
 
 def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confidence: float,
-                log=None, speed_groups: Optional[Sequence[Group]] = None,
+                log=None, speed_sessions: Optional[Sequence[Sequence[Group]]] = None,
                 method_layers: Optional[Sequence[int]] = None) -> Tuple[List[dict], List[str]]:
-    """(tidy rows, summary lines) of ``study tables`` over ``groups``. ``speed_groups`` (the
-    ``--speed-from`` runs): each arm's timing rows come from the arm of the same setting in the
-    speed group of the same model and length, against that group's dense arm, and carry its run
-    key in ``timed_run_key``; an arm with no such run gets no timing rows. ``method_layers``:
-    the layers a sparse method without TSA runs in (its ``attention_speedup``; default every layer)."""
+    """(tidy rows, summary lines) of ``study tables`` over ``groups``. ``speed_sessions`` (the
+    ``--speed-from`` runs, the groups of each timing session): each arm's timing rows come from
+    the arm of the same setting in the first session whose group of the same model and length ran
+    it, against that group's dense arm, and carry its run key in ``timed_run_key`` (and, with
+    several sessions, the session's number from 1 in ``timed_session``); an arm no session ran
+    gets no timing rows. ``method_layers``: the layers a sparse method without TSA runs in (its
+    ``attention_speedup``; default every layer)."""
     from tsa_bench.analysis.paired import compare_many, paired_rows
     from tsa_bench.results import row
 
     log = log or _stderr
     rows: List[dict] = []
     summary: List[str] = []
-    by_cell = {(sg.model, sg.seq_len): sg for sg in speed_groups or ()}
+    speed_groups = None if speed_sessions is None else [sg for session in speed_sessions for sg in session]
+    several = speed_sessions is not None and len(speed_sessions) > 1
+    by_cell: Dict[Tuple[str, int], List[Tuple[int, Group]]] = {}
+    for number, session in enumerate(speed_sessions or (), start=1):
+        for sg in session:
+            by_cell.setdefault((sg.model, sg.seq_len), []).append((number, sg))
     for cell in sorted(set(by_cell) - {(g.model, g.seq_len) for g in groups}):
         log(f"--speed-from: {cell[0]} {_fmt_len(cell[1])} has no accuracy run; not used")
     for g in groups:
         timed_in: Dict[str, Tuple[Group, ArmRun]] = {}
+        session_of: Dict[str, int] = {}
         if speed_groups is not None:
-            sg = by_cell.get((g.model, g.seq_len))
-            timed_in = {sa.setting: (sg, sa) for sa in sg.arms} if sg is not None else {}
+            for number, sg in by_cell.get((g.model, g.seq_len), ()):
+                for sa in sg.arms:
+                    if sa.setting not in timed_in:
+                        timed_in[sa.setting] = (sg, sa)
+                        session_of[sa.setting] = number
             untimed = [a.setting for a in g.arms if a.setting not in timed_in]
             if untimed:
                 log(f"{g.model} {_fmt_len(g.seq_len)}: --speed-from has no run of "
@@ -682,6 +695,8 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
                     value, n = speed[metric]
                     where = dict(timed_run_key=timed[1].run_key) if speed_groups is not None \
                         and metric in TIMING_METRICS else {}
+                    if where and several:
+                        where["timed_session"] = session_of[a.setting]
                     rows.append({**row(metric, _r(value), n=n, task="all", seq_len=g.seq_len, **core), **extra,
                                  **where})
             h = head.loc[a.setting]
@@ -713,7 +728,8 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         summary.append(f"{g.model}, {_fmt_len(g.seq_len)}: {g.n} samples per arm, baseline {g.dense.setting}; "
                        f"score = mean over tasks (points), diff vs dense [paired {pct} bootstrap]"
                        + ("" if speed_groups is None else
-                          f"; speedups from --speed-from ({by_cell[(g.model, g.seq_len)].n} samples per arm)"
+                          "; speedups from --speed-from "
+                          f"({_speed_sources(by_cell[(g.model, g.seq_len)], session_of, several)})"
                           if (g.model, g.seq_len) in by_cell else "; no --speed-from run at this length"))
         summary.append(_fmt_table(["setting", "score", "diff [lo, hi]", "attn x", "attn x all", "ttft x",
                                    "sparsity", "keep"], lines))
@@ -721,7 +737,19 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
     return rows, summary
 
 
-def _config(args, groups: Sequence[Group], speed_groups: Optional[Sequence[Group]] = None) -> Dict[str, Any]:
+def _speed_sources(sessions: Sequence[Tuple[int, Group]], session_of: Dict[str, int], several: bool) -> str:
+    """The summary's words for where a group's arms were timed: ``N samples per arm`` with one
+    session, else per session its samples per arm and how many of this group's arms it timed."""
+    if not several:
+        return f"{sessions[0][1].n} samples per arm"
+    parts = []
+    for number, sg in sessions:
+        k = sum(1 for v in session_of.values() if v == number)
+        parts.append(f"session {number}: {sg.n} samples per arm, {k} arm{'' if k == 1 else 's'} timed there")
+    return "; ".join(parts)
+
+
+def _config(args, groups: Sequence[Group], speed_sessions: Optional[Sequence[Sequence[Group]]] = None) -> Dict[str, Any]:
     """The provenance ``config`` of every row: the command and, per group, its sample count and
     the samples left out of arms (not in every arm). Each row names its own arm in the
     ``run_key`` and ``predictions`` columns (and its dense arm in ``baseline_run_key``); the
@@ -733,10 +761,14 @@ def _config(args, groups: Sequence[Group], speed_groups: Optional[Sequence[Group
                             left_out={s: k for s, k in g.dropped.items() if k}) for g in groups])
     if getattr(args, "method_layers", None):
         out["method_layers"] = list(args.method_layers)
-    if speed_groups is not None:
-        out["speed_from"] = list(args.speed_from)
+    if speed_sessions is not None:
+        several = len(speed_sessions) > 1
+        out["speed_from"] = [d for session in args.speed_from for d in session]
+        if several:
+            out["speed_sessions"] = [list(session) for session in args.speed_from]
         out["speed_groups"] = [dict(model=g.model, seq_len=g.seq_len, samples=g.n, arms=len(g.arms),
-                                    baseline_run_key=g.dense.run_key) for g in speed_groups]
+                                    baseline_run_key=g.dense.run_key, **(dict(session=k) if several else {}))
+                               for k, session in enumerate(speed_sessions, start=1) for g in session]
     return out
 
 
@@ -766,10 +798,16 @@ def run_tables(args) -> int:
     _check_stats_args(args)
     args.method_layers = _parse_method_layers(args.method_layers)
     groups = _groups(find_arms(args.run_dirs), args.model_name)
-    speed_groups = None
+    speed_sessions = None
     if args.speed_from:
-        speed_groups = _groups(find_arms(args.speed_from), args.model_name,
-                               log=lambda m: _stderr("--speed-from: " + m))
+        speed_sessions = []
+        for k, session in enumerate(args.speed_from, start=1):
+            tag = "--speed-from" if len(args.speed_from) == 1 else f"--speed-from (session {k})"
+            try:
+                speed_sessions.append(_groups(find_arms(session), args.model_name,
+                                              log=lambda m, tag=tag: _stderr(f"{tag}: {m}")))
+            except UsageError as e:
+                raise UsageError(f"{tag} {' '.join(session)}: {e}") from None
     for g in (groups if args.method_layers else ()):
         timed = _timed_layers(g)
         absent = [i for i in args.method_layers if timed and str(i) not in timed]
@@ -779,8 +817,8 @@ def run_tables(args) -> int:
     if args.dry_run:
         return _dry_run(groups, args.method_layers)
     rows, summary = tables_rows(groups, n_resamples=args.resamples, seed=args.seed, confidence=args.confidence,
-                                speed_groups=speed_groups, method_layers=args.method_layers)
-    return _write(args, "accuracy", _config(args, groups, speed_groups), rows, summary)
+                                speed_sessions=speed_sessions, method_layers=args.method_layers)
+    return _write(args, "accuracy", _config(args, groups, speed_sessions), rows, summary)
 
 
 # --------------------------------------------------------------------------- study sensitivity

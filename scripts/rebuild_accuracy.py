@@ -35,6 +35,7 @@ ARCHIVES = {
     "e": ACC / "runs-20261130e-h200x2.txz",     # fifth
     "f": ACC / "runs-20261130f-h200x2.txz",     # sixth
     "g": ACC / "runs-20261130g-h200x2.txz",     # seventh (its gemma-32k-banded holds the sixth's arms too)
+    "h": ACC / "runs-20261130h-h200.txz",       # eighth (one H200, two machines: gemma-speed-32k-banded and -b)
 }
 # metrics `study` writes now that older committed files lack
 ADDED_METRICS = {"attention_speedup_untouched", "predictions_changed"}

@@ -580,3 +580,36 @@ def test_twins_refuses_two_reference_runs_of_one_setting(tmp_path, capsys):
     make_arm(run, [rec(t, 0, 1) for t in TASKS], method="dense", run_key="cccccccccccc")
     rc, _, stderr = study(capsys, "twins", str(run), "--against", str(ref), "--out", str(tmp_path / "t.csv"))
     assert rc != 0 and "two runs of setting 'dense'" in stderr
+
+
+def test_layer_time_figures_of_two_sessions_stay_apart(tmp_path, capsys, monkeypatch):
+    """Two `study layers` CSVs of one model and length (two timing sessions: dense 10 ms a layer
+    in the first, 20 ms in the second): one figure each, named by the CSV's run id, each dense
+    line at its own session's medians (one figure of both would draw two points per layer)."""
+    import matplotlib.pyplot as plt
+
+    import tsa_bench.analysis.figures as figs
+    from tsa_bench.commands.figures import layer_time_figures
+    csvs = []
+    for k, ms in ((1, 10.0), (2, 20.0)):
+        run = tmp_path / f"run{k}"
+        make_arm(run, [timed(t, i, 1, {j: ms for j in range(LAYERS)}, 1.0) for t, i in SAMPLES], method="dense")
+        csv = tmp_path / "layers" / f"layers-2026113{k}T000000000Z-abc.csv"
+        assert study(capsys, "layers", str(run), "--model-name", MODEL, "--out", str(csv))[0] == 0
+        csvs.append(csv)
+    drawn, real = [], figs.layer_times
+
+    def spy(df, path, **kw):
+        plot = real(df, path, **kw)
+        drawn.append(plot.drawn[None]["dense"].tolist())
+        plt.close("all")
+        return plot
+
+    monkeypatch.setattr(figs, "layer_times", spy)
+    written = layer_time_figures(csvs, tmp_path / "figs")
+    assert [p.name for p in written] == [f"accuracy_layer_times_{MODEL}_4k_2026113{k}T000000000Z-abc.png"
+                                         for k in (1, 2)]
+    assert all(p.exists() for p in written)
+    assert drawn == [[[j, 10.0] for j in range(LAYERS)], [[j, 20.0] for j in range(LAYERS)]]
+    one = layer_time_figures(csvs[:1], tmp_path / "figs1")
+    assert [p.name for p in one] == [f"accuracy_layer_times_{MODEL}_4k.png"]

@@ -12,10 +12,13 @@ from __future__ import annotations
 import glob
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from tsa_bench.cli import UsageError
 from tsa_bench.paths import RESULTS_DIR
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NAME = "figures"
 HELP = "Regenerate results/figures/*.png from the result CSVs (prints which CSVs it read)."
@@ -96,20 +99,34 @@ def sensitivity_figures(df, out: Path) -> List[Path]:
 
 
 def layer_time_figures(files: Sequence[Path], out: Path) -> List[Path]:
-    """One per-layer attention-time figure per model and length of ``files`` (`study layers`
-    CSVs), ``accuracy_layer_times_<model>_<len>.png``."""
+    """One per-layer attention-time figure per model, length and `study layers` CSV of ``files``:
+    ``accuracy_layer_times_<model>_<len>.png``, or, where several CSVs cover one model and length
+    (timing runs of different sessions, whose arms must not share a line),
+    ``accuracy_layer_times_<model>_<len>_<run id>.png`` for each (the run id is the CSV's name
+    without ``layers-``)."""
     from tsa_bench.analysis.figures import layer_times
     from tsa_bench.analysis.tables import read_csvs
 
-    df = read_csvs(files)
-    if "metric" not in df.columns or not (df["metric"] == "attention_ms").any():
+    cells: Dict[Tuple[str, int], List[Tuple[Path, pd.DataFrame]]] = {}
+    for f in files:
+        df = read_csvs([f])
+        if "metric" not in df.columns:
+            continue
+        rows = df[df["metric"] == "attention_ms"]
+        for (model, L), g in rows.groupby(["model", "seq_len"]):
+            cells.setdefault((str(model), int(L)), []).append((Path(f), g))
+    if not cells:
         raise UsageError(f"--layers: no attention_ms rows in {len(files)} CSVs (write them with `tsa-bench study "
                          "layers`)")
     written = []
-    for (model, L), g in sorted(df[df["metric"] == "attention_ms"].groupby(["model", "seq_len"])):
-        name = f"accuracy_layer_times_{str(model).replace('/', '_')}_{int(L) // 1024}k.png"
-        title = f"{model}, {int(L) // 1024}k: attention time per layer and arm (median over samples)"
-        written.append(layer_times(g, out / name, title=title).path)
+    for (model, L), sources in sorted(cells.items()):
+        stem = f"accuracy_layer_times_{model.replace('/', '_')}_{L // 1024}k"
+        for f, g in sources:
+            run_id = f.stem[len("layers-"):] if f.stem.startswith("layers-") else f.stem
+            name = f"{stem}.png" if len(sources) == 1 else f"{stem}_{run_id}.png"
+            title = f"{model}, {L // 1024}k: attention time per layer and arm (median over samples)" + \
+                ("" if len(sources) == 1 else f"\n{f.name}")
+            written.append(layer_times(g, out / name, title=title).path)
     return written
 
 

@@ -42,7 +42,7 @@ GEMMA=$M/gemma-3-270m-q4_k_m.gguf
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 SMOL_PARTS=${SMOL_PARTS:-4}          # .carry/t1 .. t4 (25 MB each: the tracked tree is 32 MB since the fourth archive)
-GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + the 36 MB tree stay under 64 MiB)
+GEMMA_PARTS=${GEMMA_PARTS:-13}       # .carry/g1 .. g13 (21 MB each: a part + the 41 MB tree stay under 64 MiB)
 # the third session: QUEUE0="smol-4k-composed smol-8k-sparse smol-calibrate-4k50 smol-calibrate-8k",
 # QUEUE1="smol-8k-late gemma-calibrate smol-speed"; the fourth (these defaults) made the same calls
 # 1-12 with `kcheck` added to call 1 (28 min held; Gemma joined 2.5 min in), and when GPU 0's
@@ -91,7 +91,15 @@ GEMMA_PARTS=${GEMMA_PARTS:-10}       # .carry/h1 .. h10 (26 MB each: a part + th
 # `wait:N` calls. gemma-speed-32k-banded: 23 arms x 78 samples on both GPUs, about 6 min. On a one-GPU host
 # (the only kind lent that day) the same calls: `start` runs both jobs in one queue on GPU 0, Gemma first;
 # the timing jobs wait for the GPU tests to end.
-QUEUE0=${QUEUE0:-gemma-speed-32k-banded smol-speed3-4k-alone}
+# What the eighth ran (one H200; only one-GPU machines were lent): calls as above, but Gemma in 13
+# parts (.carry/g1..g13, 21 MB: the tree is 41 MB, so the 26 MB parts passed 64 MiB; GEMMA_PARTS=13).
+# The machine was released during a one-minute gap between two calls while the queue ran (a running
+# queue does not keep it: keep the `wait` calls back to back), after gemma-speed-32k-banded's 16th
+# arm; a second machine ran `wheels site524`, the 13 parts, then QUEUE0=gemma-speed-32k-banded-b (the
+# 7 arms left, beside their own dense arm). smol-speed3-4k-alone never ran. The next session's
+# defaults below: 1. carry .whl .whl524: `wheels site524`; 2-5. .carry/t1..t4: `stash` (the last
+# `stash join start`, TSA_BENCH_GIT_SHA, DEADLINE_S); then `wait:N` calls back to back.
+QUEUE0=${QUEUE0:-smol-speed3-4k-alone}
 QUEUE1=${QUEUE1:-}   # nothing: both jobs want the host to themselves
 
 snapshot() {  # DIR: this tree without the carried parts, wheels, seed and git, copied into DIR

@@ -646,8 +646,8 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
     log = log or _stderr
     rows: List[dict] = []
     summary: List[str] = []
-    speed_groups = None if speed_sessions is None else [sg for session in speed_sessions for sg in session]
-    several = speed_sessions is not None and len(speed_sessions) > 1
+    timed_elsewhere = speed_sessions is not None
+    several = timed_elsewhere and len(speed_sessions) > 1
     by_cell: Dict[Tuple[str, int], List[Tuple[int, Group]]] = {}
     for number, session in enumerate(speed_sessions or (), start=1):
         for sg in session:
@@ -657,7 +657,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
     for g in groups:
         timed_in: Dict[str, Tuple[Group, ArmRun]] = {}
         session_of: Dict[str, int] = {}
-        if speed_groups is not None:
+        if timed_elsewhere:
             for number, sg in by_cell.get((g.model, g.seq_len), ()):
                 for sa in sg.arms:
                     if sa.setting not in timed_in:
@@ -680,7 +680,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         missing: Dict[str, List[str]] = {}
         biased: List[str] = []
         for a in g.arms:
-            timed = timed_in.get(a.setting) if speed_groups is not None else (g, a)   # None: said above
+            timed = timed_in.get(a.setting) if timed_elsewhere else (g, a)   # None: said above
             speed = {**(timing_metrics(*timed, method_layers) if timed else {}), **sparsity_metrics(g, a),
                      **changed_metrics(g, a)}
             if timed:
@@ -693,7 +693,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
             for metric in ROW_METRICS:
                 if metric in speed:
                     value, n = speed[metric]
-                    where = dict(timed_run_key=timed[1].run_key) if speed_groups is not None \
+                    where = dict(timed_run_key=timed[1].run_key) if timed_elsewhere \
                         and metric in TIMING_METRICS else {}
                     if where and several:
                         where["timed_session"] = session_of[a.setting]
@@ -727,7 +727,7 @@ def tables_rows(groups: Sequence[Group], *, n_resamples: int, seed: int, confide
         pct = f"{confidence * 100:g}%"
         summary.append(f"{g.model}, {_fmt_len(g.seq_len)}: {g.n} samples per arm, baseline {g.dense.setting}; "
                        f"score = mean over tasks (points), diff vs dense [paired {pct} bootstrap]"
-                       + ("" if speed_groups is None else
+                       + ("" if not timed_elsewhere else
                           "; speedups from --speed-from "
                           f"({_speed_sources(by_cell[(g.model, g.seq_len)], session_of, several)})"
                           if (g.model, g.seq_len) in by_cell else "; no --speed-from run at this length"))

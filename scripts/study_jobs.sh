@@ -36,7 +36,7 @@ wait_other_queue() {  # timing jobs need the host to themselves: wait until the 
   # and the GPU tests of `gpu_study.sh gputests` have ended (on a one-GPU host they share GPU 0)
   local other=$((1 - G))
   while [ ! -f /tmp/jobs/queue$other.done ] && [ "$(nvidia-smi -L | wc -l)" -ge 2 ] && [ "$(left)" -gt 60 ]; do sleep 5; done
-  while pgrep -f "pytest -q -m gpu" > /dev/null && [ "$(left)" -gt 60 ]; do sleep 5; done
+  while pgrep -f "pytest -[qv] -m gpu" > /dev/null && [ "$(left)" -gt 60 ]; do sleep 5; done
 }
 RULER_ARGS="--engine batched --data generated --words builtin --no-progress --cache-dir /tmp/cache$G"
 RULER="python3 -m tsa_bench ruler $RULER_ARGS"

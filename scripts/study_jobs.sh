@@ -19,6 +19,8 @@ M=/tmp/models
 SMOL=$M/SmolLM2-135M-Instruct.Q4_1.gguf
 GEMMA=$M/gemma-3-270m-q4_k_m.gguf
 DRIFT4K=results/layers/smollm2-135m-4k.json
+G32_DRIFT=results/layers/gemma3-270m-32k.json                              # Gemma 32K drift profile (layer 17)
+G32_CALIB=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json  # its calibrated profile
 START=$(date +%s); DEADLINE=$((START + ${DEADLINE_S:-1080}))
 N=${N:-50}
 left() { local s=$((DEADLINE - $(date +%s))); echo $((s > 1 ? s : 1)); }   # never 0: `timeout 0` = no limit
@@ -71,7 +73,7 @@ gemma_composed() {  # DIR: dense, FlexPrefill, XAttention, MInference alone and 
   export PYTHONPATH=.:/tmp/site524:/tmp/site
   CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base \
     --method dense,flexprefill,flexprefill+tsa,xattention,xattention+tsa,minference,minference+tsa --tau 0.005 \
-    --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
+    --sparse-layers "drift=$G32_DRIFT" --seq-lens 32k \
     --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
     --out-dir "$1"
 }
@@ -96,7 +98,7 @@ g32_rest() {  # the 32K grid's arms after the drift layer's and the calibrated o
   m="$m,minference,minference+tsa@drift:0.005"
   local t
   for t in 0.005 0.02 0.05 0.01 0.002; do m="$m,tsa@late:$t,tsa@all:$t"; done
-  g32 --method "$m" --sparse-layers "late=11,17;all=5,11,17;drift=results/layers/gemma3-270m-32k.json"
+  g32 --method "$m" --sparse-layers "late=11,17;all=5,11,17;drift=$G32_DRIFT"
 }
 
 job() {
@@ -194,7 +196,7 @@ EOF
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench calibrate --model $GEMMA --template base \
         --seq-lens 32k --max-drop 1.0 --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
-        --layer-sets "drift=results/layers/gemma3-270m-32k.json;late=11,17" --eval-n 25 \
+        --layer-sets "drift=$G32_DRIFT;late=11,17" --eval-n 25 \
         --objective attention --engine batched --data generated --words builtin --no-progress \
         --out-dir /tmp/runs/gemma-calibrate ;;
     gemma-32k-composed)  # the composed methods on Gemma at 32K (they run in its 3 global layers; the
@@ -216,7 +218,7 @@ EOF
       wait_gemma || return 1
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
-        --tau 0.005,0.02 --sparse-layers "all=5,11,17;drift=results/layers/gemma3-270m-32k.json" --seq-lens 32k \
+        --tau 0.005,0.02 --sparse-layers "all=5,11,17;drift=$G32_DRIFT" --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
         --out-dir /tmp/runs/gemma-32k-fresh
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
@@ -229,10 +231,10 @@ EOF
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       [ "$name" = gemma-all-16k ] && lens=16k || lens=4k,8k
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base --method dense,tsa --tau 0.005 \
-        --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --seq-lens $lens -n $N --decode-attention grouped \
+        --sparse-layers "drift=$G32_DRIFT" --seq-lens $lens -n $N --decode-attention grouped \
         --out-dir /tmp/runs/gemma-all
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base --method dense,tsa \
-        --sparse-layers "calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json" \
+        --sparse-layers "calibrated=$G32_CALIB" \
         --seq-lens $lens -n $N --decode-attention grouped --out-dir /tmp/runs/gemma-all ;;
     smol-4k-late-composed)  # the composed methods + TSA in the late layers (tau 0.005), smol-4k-fast's samples
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $SMOL \
@@ -249,7 +251,7 @@ EOF
       job gemma-banded-prefill
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --template base --method dense,tsa --tau 0.01 \
-        --sparse-layers "drift=results/layers/gemma3-270m-32k.json" --sliding-attention banded --seq-lens 32k \
+        --sparse-layers "drift=$G32_DRIFT" --sliding-attention banded --seq-lens 32k \
         --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 --decode-attention grouped \
         --out-dir /tmp/runs/gemma-32k-banded ;;
     gemma-banded-prefill)  # gemma-banded's timing half: prefill at 8K and 32K, mask vs banded, and the bf16 check
@@ -257,7 +259,7 @@ EOF
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       for sl in mask banded; do
         CUDA_VISIBLE_DEVICES=$G timeout "$(left)" python3 -m tsa_bench prefill --model $GEMMA --seq-lens 8k,32k \
-          --methods dense,tsa --tau 0.01 --sparse-layers results/layers/gemma3-270m-32k.json --sliding-attention $sl \
+          --methods dense,tsa --tau 0.01 --sparse-layers $G32_DRIFT --sliding-attention $sl \
           --out-dir /tmp/runs/gemma-prefill-$sl | tail -8
       done
       CUDA_VISIBLE_DEVICES=$G timeout 300 python3 scripts/check_banded_sliding.py --model $GEMMA --device cuda \
@@ -272,10 +274,10 @@ EOF
       local base="$RULER_ARGS --model $GEMMA --template base --seq-lens 32k -n $N --decode-attention grouped"
       base="$base --out-dir /tmp/runs/gemma-all32k"
       timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler $base \
-        --method dense,tsa --tau 0.005,0.02 --sparse-layers "drift=results/layers/gemma3-270m-32k.json"
+        --method dense,tsa --tau 0.005,0.02 --sparse-layers "drift=$G32_DRIFT"
       timeout "$(left)" torchrun --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" -m tsa_bench ruler $base \
         --method dense,tsa --sparse-layers \
-        "calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json" ;;
+        "calibrated=$G32_CALIB" ;;
     gemma-banded-check)  # gemma-banded-prefill's bf16 check alone: both bf16 paths against an fp32 forward at 32K
       # (the prefill times of both paths were measured in the fifth session, results/gemma/banded-gpu/)
       wait_gemma || return 1
@@ -293,9 +295,9 @@ EOF
       wait_gemma || return 1
       wait_other_queue
       export PYTHONPATH=.:/tmp/site524:/tmp/site
-      local drift="drift=results/layers/gemma3-270m-32k.json" t0 rc
+      local drift="drift=$G32_DRIFT" t0 rc
       sl=banded
-      local calib="calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json"
+      local calib="calibrated=$G32_CALIB"
       t0=$(date +%s)
       g32 --method dense,tsa --tau 0.005,0.02 --sparse-layers "$drift"; rc=$?
       if [ $rc -ne 0 ] && [ $(( $(date +%s) - t0 )) -lt 120 ]; then
@@ -321,8 +323,8 @@ EOF
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       local m="dense,tsa@drift,tsa@calibrated:0.05,flexprefill,flexprefill+tsa@drift:0.005,xattention"
       m="$m,xattention+tsa@drift:0.005,minference,minference+tsa@drift:0.005,tsa@late,tsa@all"
-      local sets="drift=results/layers/gemma3-270m-32k.json"
-      sets="$sets;calibrated=results/calibrate/gemma3-270m-32k-h200/gemma3-270m-calibrated.json;late=11,17;all=5,11,17"
+      local sets="drift=$G32_DRIFT"
+      sets="$sets;calibrated=$G32_CALIB;late=11,17;all=5,11,17"
       G32_N=6 G32_DIR=/tmp/runs/gemma-speed-32k-banded g32 --method "$m" --tau 0.005,0.02,0.05,0.01,0.002 \
         --sparse-layers "$sets" ;;
     gemma-speed-32k-banded-b)  # gemma-speed-32k-banded's seven arms a lost machine cut (the eighth session: late
@@ -372,14 +374,14 @@ EOF
       wait_gemma || return 1
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
-        --tau 0.05,0.01,0.002 --sparse-layers "all=5,11,17;drift=results/layers/gemma3-270m-32k.json" \
+        --tau 0.05,0.01,0.002 --sparse-layers "all=5,11,17;drift=$G32_DRIFT" \
         --seq-lens 32k --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
         --decode-attention grouped --out-dir /tmp/runs/gemma-32k ;;
     gemma-short)   # Gemma 4K-16K: dense (resumes if carried) and TSA tau 0.005 in the global layers
       wait_gemma || return 1
       export PYTHONPATH=.:/tmp/site524:/tmp/site
       CUDA_VISIBLE_DEVICES=$G timeout "$(left)" $RULER --model $GEMMA --method dense,tsa --template base \
-        --tau 0.005 --sparse-layers "all=5,11,17;drift=results/layers/gemma3-270m-32k.json" \
+        --tau 0.005 --sparse-layers "all=5,11,17;drift=$G32_DRIFT" \
         --seq-lens 4k,8k,16k --tasks niah_single_1,niah_single_2,niah_single_3,niah_multikey_1 -n 20 \
         --decode-attention "$(decode_attn)" $(refill_flag) --out-dir /tmp/runs/gemma-short ;;
     final2gpu)     # issue 10 item 6: one GPU, then two, alone on the host, same samples
